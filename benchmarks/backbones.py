@@ -1,0 +1,94 @@
+"""Speed of the scratch backbones against torch.nn's native kernels.
+
+Prints one table per cell type: the training step (forward + backward) and inference,
+in milliseconds and tokens per second, scratch vs native and their ratio.
+
+    python benchmarks/backbones.py                      # CPU, batch 64, T in {128, 512}
+    python benchmarks/backbones.py --device cuda        # on a GPU (native = cuDNN)
+    python benchmarks/backbones.py --steps 128 --repeats 5 --lengths
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from seqmodels import GRU, LSTM, RNN
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def measure(cls, impl: str, args, steps: int, device: torch.device) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = cls(args.input_size, args.hidden_size, num_layers=args.layers, impl=impl).to(device)
+    x = torch.randn(args.batch, steps, args.input_size, device=device, requires_grad=True)
+    lengths = None
+    if args.lengths:  # a realistic ragged batch: lengths uniform in [steps/2, steps]
+        lengths = torch.randint(steps // 2, steps + 1, (args.batch,), device=device)
+
+    def train_step():
+        model.zero_grad(set_to_none=True)
+        out, _ = model(x, lengths)
+        out.sum().backward()
+
+    @torch.no_grad()
+    def infer():
+        model(x, lengths)
+
+    return _time(train_step, device, args.repeats, args.warmup), _time(infer, device, args.repeats, args.warmup)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--input-size", type=int, default=128)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--cells", nargs="+", default=["LSTM", "GRU", "RNN"])
+    parser.add_argument("--lengths", action="store_true", help="ragged batch (packing / masking)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"# torch {torch.__version__} on {name}; batch {args.batch}, input {args.input_size}, "
+          f"hidden {args.hidden_size}, layers {args.layers}, float32, {'ragged' if args.lengths else 'full'} lengths")
+    cells = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
+    for cell in args.cells:
+        print(f"\n## {cell}\n")
+        print("| steps | pass | native ms | scratch ms | native tok/s | scratch tok/s | scratch/native |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        for steps in args.steps:
+            native = measure(cells[cell], "native", args, steps, device)
+            scratch = measure(cells[cell], "scratch", args, steps, device)
+            tokens = args.batch * steps
+            for label, n, s in (("train", native[0], scratch[0]), ("infer", native[1], scratch[1])):
+                print(f"| {steps} | {label} | {n:.1f} | {s:.1f} | {tokens / n * 1000:,.0f} | {tokens / s * 1000:,.0f} | {s / n:.2f}x |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
