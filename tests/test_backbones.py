@@ -1,0 +1,253 @@
+import random
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seqmodels import GRU, LSTM, RNN
+
+CELLS = {
+    "rnn_tanh": (RNN, nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (RNN, nn.RNN, {"nonlinearity": "relu"}),
+    "lstm": (LSTM, nn.LSTM, {}),
+    "gru": (GRU, nn.GRU, {}),
+}
+
+
+def random_config(seed: int) -> dict:
+    rng = random.Random(seed)
+    batch = rng.randint(1, 5)
+    steps = rng.randint(1, 9)
+    lengths = [steps] + [rng.randint(1, steps) for _ in range(batch - 1)]
+    lengths[-1] = 1  # always include a length-1 sequence
+    rng.shuffle(lengths)
+    return {
+        "input_size": rng.randint(1, 6),
+        "hidden_size": rng.choice([1, 2, rng.randint(3, 64)]),
+        "num_layers": rng.randint(1, 3),
+        "bidirectional": rng.random() < 0.5,
+        "bias": rng.random() < 0.8,
+        "batch": batch,
+        "steps": steps,
+        "lengths": lengths,
+        "with_state": rng.random() < 0.5,
+    }
+
+
+def run(module, x, lengths, state):
+    """Outputs, final states and every gradient, for a loss that touches all of them."""
+    x = x.clone().requires_grad_()
+    state = None if state is None else tuple(s.clone().requires_grad_() for s in state)
+    out, final = module(x, lengths, state if state is None or len(state) == 2 else state[0])
+    finals = final if isinstance(final, tuple) else (final,)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    loss = (out * weights).sum() + sum((f.sin() * (i + 1)).sum() for i, f in enumerate(finals))
+    loss.backward()
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    state_grads = () if state is None else tuple(s.grad for s in state)
+    return out.detach(), tuple(f.detach() for f in finals), x.grad, state_grads, grads
+
+
+def assert_same(a, b, tol):
+    out_a, fin_a, gx_a, gs_a, gp_a = a
+    out_b, fin_b, gx_b, gs_b, gp_b = b
+    torch.testing.assert_close(out_a, out_b, atol=tol, rtol=0)
+    for fa, fb in zip(fin_a, fin_b, strict=True):
+        torch.testing.assert_close(fa, fb, atol=tol, rtol=0)
+    torch.testing.assert_close(gx_a, gx_b, atol=tol, rtol=0)
+    for sa, sb in zip(gs_a, gs_b, strict=True):
+        torch.testing.assert_close(sa, sb, atol=tol, rtol=0)
+    assert gp_a.keys() == gp_b.keys()
+    for name in gp_a:
+        torch.testing.assert_close(gp_a[name], gp_b[name], atol=tol, rtol=0, msg=f"gradient of {name}")
+
+
+def make_inputs(cfg, cell, dtype=torch.float64):
+    x = torch.randn(cfg["batch"], cfg["steps"], cfg["input_size"], dtype=dtype)
+    lengths = torch.tensor(cfg["lengths"])
+    state = None
+    if cfg["with_state"]:
+        shape = (cfg["num_layers"] * (2 if cfg["bidirectional"] else 1), cfg["batch"], cfg["hidden_size"])
+        state = tuple(torch.randn(shape, dtype=dtype) for _ in range(2 if cell == "lstm" else 1))
+    return x, lengths, state
+
+
+def build(cls, extra, cfg, impl, dtype=torch.float64):
+    return cls(cfg["input_size"], cfg["hidden_size"], num_layers=cfg["num_layers"], bias=cfg["bias"],
+               bidirectional=cfg["bidirectional"], impl=impl, **extra).to(dtype)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("seed", range(12))
+def test_scratch_matches_native_float64(cell, seed):
+    torch.manual_seed(seed)
+    cls, _, extra = CELLS[cell]
+    cfg = random_config(seed)
+    native = build(cls, extra, cfg, "native")
+    scratch = build(cls, extra, cfg, "scratch")
+    scratch.load_state_dict(native.state_dict(), strict=True)
+    x, lengths, state = make_inputs(cfg, cell)
+    assert_same(run(native, x, lengths, state), run(scratch, x, lengths, state), tol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("seed", range(6))
+def test_native_matches_bare_torch_layer_on_packed_sequences(cell, seed):
+    torch.manual_seed(seed)
+    cls, bare_cls, extra = CELLS[cell]
+    cfg = random_config(100 + seed)
+    ours = build(cls, extra, cfg, "native")
+    bare = bare_cls(cfg["input_size"], cfg["hidden_size"], num_layers=cfg["num_layers"], bias=cfg["bias"],
+                    bidirectional=cfg["bidirectional"], batch_first=True, **extra).double()
+    bare.load_state_dict(ours.state_dict(), strict=True)
+    x, lengths, state = make_inputs(cfg, cell)
+
+    class Packed(nn.Module):  # the textbook use of a bare torch.nn layer on a ragged batch
+        def __init__(self):
+            super().__init__()
+            self.rnn = bare
+
+        def forward(self, x, lengths, state):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, final = self.rnn(packed, state)
+            return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], final
+
+    expected = run(Packed(), x, lengths, state)
+    expected = expected[:4] + ({k.removeprefix("rnn."): v for k, v in expected[4].items()},)
+    assert_same(run(ours, x, lengths, state), expected, tol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_scratch_matches_native_float32(cell):
+    # float32 on CPU takes the oneDNN GEMM path of the scratch loop; float64 does not.
+    torch.manual_seed(0)
+    cls, _, extra = CELLS[cell]
+    cfg = {"input_size": 12, "hidden_size": 32, "num_layers": 2, "bidirectional": True, "bias": True,
+           "batch": 6, "steps": 20, "lengths": [20, 1, 7, 13, 20, 2], "with_state": True}
+    native = build(cls, extra, cfg, "native", torch.float32)
+    scratch = build(cls, extra, cfg, "scratch", torch.float32)
+    scratch.load_state_dict(native.state_dict())
+    x, lengths, state = make_inputs(cfg, cell, torch.float32)
+    assert_same(run(native, x, lengths, state), run(scratch, x, lengths, state), tol=1e-4)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_dict_moves_between_impls(cell, tmp_path):
+    cls, _, extra = CELLS[cell]
+    source = cls(3, 5, num_layers=2, bidirectional=True, impl="scratch", init="xavier_orthogonal", **extra)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    target = cls(3, 5, num_layers=2, bidirectional=True, impl="native", **extra)
+    target.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True), strict=True)
+    x = torch.randn(2, 4, 3)
+    torch.testing.assert_close(source(x)[0], target(x)[0], atol=1e-5, rtol=0)
+    assert [n for n, _ in source.named_parameters()] == [n for n, _ in nn.LSTM(3, 5, 2, bidirectional=True).named_parameters()]
+
+
+@pytest.mark.parametrize("impl", ["native", "scratch"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_is_used_to_continue_a_sequence(cell, impl):
+    torch.manual_seed(0)
+    cls, _, extra = CELLS[cell]
+    model = cls(3, 8, num_layers=2, impl=impl, **extra).double()
+    x = torch.randn(4, 10, 3, dtype=torch.float64)
+    whole, final = model(x)
+    first, mid = model(x[:, :6])
+    second, final_2 = model(x[:, 6:], state=mid)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole)
+    for a, b in zip(final if isinstance(final, tuple) else (final,), final_2 if isinstance(final_2, tuple) else (final_2,)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("impl", ["native", "scratch"])
+def test_outputs_are_zero_past_each_length_and_state_is_taken_at_the_last_valid_step(impl):
+    torch.manual_seed(0)
+    model = LSTM(3, 4, bidirectional=True, impl=impl).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    out, (h, _) = model(x, torch.tensor([5, 2]))
+    assert out.shape == (2, 5, model.output_size) == (2, 5, 8)
+    assert torch.all(out[1, 2:] == 0)
+    alone, (h_alone, _) = model(x[1:, :2])  # the short sequence on its own, unpadded
+    torch.testing.assert_close(out[1, :2], alone[0])
+    torch.testing.assert_close(h[:, 1], h_alone[:, 0])
+
+
+def test_xavier_orthogonal_init_opens_the_forget_gate():
+    model = LSTM(4, 6, init="xavier_orthogonal")
+    forget = slice(6, 12)
+    assert torch.all(model.bias_ih_l0[forget] == 1) and torch.all(model.bias_hh_l0 == 0)
+    block = model.weight_hh_l0[:6]
+    torch.testing.assert_close(block @ block.t(), torch.eye(6), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["native", "scratch"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_bf16_autocast_gives_finite_outputs_and_gradients(cell, impl):
+    torch.manual_seed(0)
+    cls, _, extra = CELLS[cell]
+    model = cls(8, 16, num_layers=2, impl=impl, **extra)
+    x = torch.randn(3, 50, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = model(x, torch.tensor([50, 3, 17]))
+        loss = out.float().pow(2).mean()
+    loss.backward()
+    assert torch.isfinite(out.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_second_backward_through_scratch_graph_is_refused():
+    model = GRU(2, 3, impl="scratch")
+    out, _ = model(torch.randn(1, 4, 2))
+    loss = out.sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"hidden_size": 0}, "hidden_size must be an integer >= 1, got 0"),
+        ({"hidden_size": 2.5}, "hidden_size"),
+        ({"num_layers": 0}, "num_layers"),
+        ({"dropout": 1.0}, r"dropout must be a probability in \[0, 1\), got 1.0"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"impl": "cudnn"}, "impl must be 'native' or 'scratch', got 'cudnn'"),
+        ({"init": "he"}, "init"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, match):
+    args = {"input_size": 3, "hidden_size": 4} | kwargs
+    with pytest.raises(ValueError, match=match):
+        LSTM(**args)
+
+
+def test_bad_nonlinearity():
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"):
+        RNN(3, 4, nonlinearity="sigmoid")
+
+
+@pytest.mark.parametrize("impl", ["native", "scratch"])
+def test_bad_inputs_raise_value_error(impl):
+    model = GRU(3, 4, impl=impl)
+    with pytest.raises(ValueError, match=r"3-D tensor \(batch, time, input_size\), got \(5, 3\)"):
+        model(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="input_size=3"):
+        model(torch.randn(2, 5, 4))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 5\].*\[0\]"):
+        model(torch.randn(2, 5, 3), torch.tensor([5, 0]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 5\].*\[6\]"):
+        model(torch.randn(2, 5, 3), torch.tensor([6, 2]))
+    with pytest.raises(ValueError, match="lengths must be an integer tensor of shape"):
+        model(torch.randn(2, 5, 3), torch.tensor([5.0, 2.0]))
+    with pytest.raises(ValueError, match=r"state tensors must have shape \(1, 2, 4\)"):
+        model(torch.randn(2, 5, 3), state=torch.zeros(1, 3, 4))
+
+
+def test_dropout_between_layers_only_in_training():
+    model = LSTM(3, 16, num_layers=2, dropout=0.5, impl="scratch")
+    x = torch.randn(2, 6, 3)
+    model.eval()
+    torch.testing.assert_close(model(x)[0], model(x)[0])
+    model.train()
+    assert not torch.equal(model(x)[0], model(x)[0])
