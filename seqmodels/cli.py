@@ -1,0 +1,102 @@
+"""The one entry point: ``python main.py {fit,validate,test,predict} --config configs/X.yaml``.
+
+A config picks the task (``model.class_path``) and the data (``data.class_path``); every
+knob can be overridden on the command line and ``--print_config`` shows them all.
+
+Outputs of a run named by ``run_name`` go to ``lightning_logs/<run_name>/version_N/``:
+TensorBoard events, ``config.yaml``, ``hparams.yaml`` and ``checkpoints/`` (the best by
+``checkpoint.monitor``, and ``last.ckpt``). ``--ckpt_path last`` resumes from the newest
+version's ``last.ckpt`` and keeps logging into that same version.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+LOG_ROOT = Path("lightning_logs")
+
+
+def find_last_checkpoint(run_name: str, root: Path = LOG_ROOT) -> tuple[Path, int]:
+    """The ``last.ckpt`` of the newest version of ``run_name`` that has one, and that version."""
+    found = []
+    for path in (root / run_name).glob("version_*/checkpoints/last.ckpt"):
+        match = re.fullmatch(r"version_(\d+)", path.parent.parent.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    if not found:
+        raise SystemExit(
+            f"--ckpt_path last: no checkpoint found under {root / run_name}/version_*/checkpoints/last.ckpt. "
+            "Train this run first (fit with the same run_name), or pass the path of a .ckpt file."
+        )
+    version, path = max(found)
+    return path, version
+
+
+class SeqCLI(LightningCLI):
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("args", None)
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            # A resumed run writes into its own version folder again.
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"gradient_clip_val": 1.0},
+            seed_everything_default=0,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str, default="default",
+                            help="Runs are written to lightning_logs/<run_name>/version_N.")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/loss",
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{epoch}-{step}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+
+    def _active(self, config):
+        """The part of a parsed config for the current subcommand (all of it when run=False)."""
+        return config[self.subcommand] if self.subcommand else config
+
+    def before_instantiate_classes(self) -> None:
+        config = self._active(self.config)
+        self._resume_version = None
+        if config.get("ckpt_path") == "last":
+            path, self._resume_version = find_last_checkpoint(config["run_name"])
+            config.ckpt_path = str(path)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        config = self._active(self.config_init)
+        if config["trainer"].get("logger") in (None, True):
+            config["trainer"]["logger"] = TensorBoardLogger(
+                save_dir=LOG_ROOT, name=config["run_name"], version=self._resume_version, default_hp_metric=False
+            )
+        return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        # The optimizer and scheduler come from the config, not the model's __init__, so they
+        # would be missing from hparams.yaml and TensorBoard's hparams view; log them too.
+        config = self._active(self.config)
+        extra = {}
+        for key in ("optimizer", "lr_scheduler"):
+            if config.get(key):
+                extra[key] = config[key].class_path
+                extra.update({f"{key}.{k}": v for k, v in vars(config[key].get("init_args", {}) or {}).items()})
+        if extra and self.trainer.logger is not None:
+            self.trainer.logger.log_hyperparams(extra)
+
+
+def main(args: list[str] | None = None) -> None:
+    SeqCLI(args=args)

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from seqmodels.cli import SeqCLI, main
+from seqmodels.tasks import Forecaster
+
+from .conftest import CONFIGS, REPO
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def test_sine_config_trains_and_its_loss_falls(in_tmp):
+    cli = SeqCLI(args=["--config", str(CONFIGS / "sine_lstm.yaml"), "--trainer.max_epochs", "4", *QUIET], run=False)
+    before = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]["val/loss"]
+    cli.trainer.fit(cli.model, cli.datamodule)
+    after = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]["val/loss"]
+    assert after < 0.1 * before, (before, after)
+
+
+def test_fit_writes_logs_and_checkpoints_then_resume_and_test_from_last(in_tmp):
+    args = ["--config", str(CONFIGS / "sine_lstm.yaml"), "--data.num_points", "400", "--data.val_size", "60",
+            "--data.test_size", "60", *QUIET]
+    main(["fit", *args, "--trainer.max_epochs", "2"])
+    run = in_tmp / "lightning_logs" / "sine_lstm" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert len(list(run.glob("checkpoints/best-*.ckpt"))) == 1
+
+    main(["fit", *args, "--trainer.max_epochs", "3", "--ckpt_path", "last"])
+    assert not (in_tmp / "lightning_logs" / "sine_lstm" / "version_1").exists()  # resumed in place
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+
+    main(["test", *args, "--ckpt_path", "last"])
+    model = Forecaster.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert model.backbone.impl == "scratch" and float(model.std) != 1.0  # scaling travelled
+
+
+def test_resume_from_last_without_any_run_is_a_clear_error(in_tmp):
+    with pytest.raises(SystemExit, match=r"no checkpoint found under lightning_logs/sine_lstm"):
+        main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), "--ckpt_path", "last", *QUIET])
+
+
+def test_config_typo_is_rejected_before_anything_is_written(in_tmp):
+    config = (CONFIGS / "sine_lstm.yaml").read_text().replace("hidden_size:", "hiden_size:")
+    (in_tmp / "typo.yaml").write_text(config)
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "fit", "--config", "typo.yaml"],
+                            capture_output=True, text=True, cwd=in_tmp)
+    assert result.returncode == 2
+    assert "hiden_size" in result.stderr
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("impl", ["native", "scratch"])
+def test_every_backbone_plugs_into_the_forecaster(in_tmp, cell, impl):
+    main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), "--model.backbone", f"seqmodels.{cell}",
+          "--model.backbone.hidden_size", "8", "--model.backbone.impl", impl, "--trainer.fast_dev_run", "2", *QUIET])
