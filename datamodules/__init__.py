@@ -1,5 +1,5 @@
 """LightningDataModules for seqmodels' tasks."""
 
-from datamodules.series import SineWaveDataModule
+from datamodules.series import SeriesDataModule, SineWaveDataModule
 
-__all__ = ["SineWaveDataModule"]
+__all__ = ["SeriesDataModule", "SineWaveDataModule"]

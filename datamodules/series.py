@@ -8,11 +8,15 @@ Scaling is fitted on the training values only and travels with the model (see
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+from datamodules.paths import data_dir, fetch
 
 
 def windows(values: torch.Tensor, first_target: int, end: int, window: int, horizon: int) -> TensorDataset:
@@ -79,6 +83,10 @@ class _SeriesDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_set, batch_size=self.batch_size)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The whole series, once: the forecaster continues it past its end."""
+        return DataLoader(TensorDataset(self.values.unsqueeze(0)), batch_size=1)
+
 
 class SineWaveDataModule(_SeriesDataModule):
     """A noisy sine wave generated in memory: the smallest real forecasting problem.
@@ -99,3 +107,104 @@ class SineWaveDataModule(_SeriesDataModule):
         t = torch.arange(self.num_points, dtype=torch.float32)
         noise = torch.randn(self.num_points, generator=torch.Generator().manual_seed(self.seed))
         return torch.sin(2 * math.pi * t / self.period) + self.noise * noise
+
+
+AIRLINE_URL = "https://raw.githubusercontent.com/jbrownlee/Datasets/master/airline-passengers.csv"
+
+
+def read_series_csv(path: Path, column: str | None, date_column: str | None) -> tuple[torch.Tensor, list[str] | None]:
+    """The values of one numeric column (and the dates beside them, if any) of a CSV file."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or not rows[0]:
+        raise ValueError(f"{path} is empty; expected a header row and one row per time step.")
+    header = [name.strip() for name in rows[0]]
+    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
+    if column is None:
+        candidates = [name for name in header if name != date_column][-1:]
+        column = candidates[0] if candidates else None
+    if column not in header:
+        raise ValueError(f"{path} has no column {column!r}; its columns are {header}. Set data.column to one of them.")
+    if date_column is not None and date_column not in header:
+        raise ValueError(f"{path} has no date column {date_column!r}; its columns are {header}.")
+    index = header.index(column)
+    values, bad = [], []
+    for line, row in enumerate(body, start=2):  # line 1 is the header
+        cell = row[index].strip() if index < len(row) else ""
+        try:
+            value = float(cell)
+            if not math.isfinite(value):
+                raise ValueError
+            values.append(value)
+        except ValueError:
+            bad.append(f"line {line}: {cell!r}")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"{path}: column {column!r} has missing or non-numeric values at {shown}. "
+                         "Fill or remove those rows.")
+    dates = [row[header.index(date_column)].strip() for row in body] if date_column else None
+    return torch.tensor(values, dtype=torch.float32), dates
+
+
+def next_dates(dates: list[str] | None, start: int, count: int) -> list[str]:
+    """Labels for ``count`` steps after the last: monthly ``YYYY-MM`` continues, else step numbers."""
+    if dates:
+        try:
+            year, month = (int(part) for part in dates[-1].split("-")[:2])
+            labels = []
+            for _ in range(count):
+                year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+                labels.append(f"{year:04d}-{month:02d}")
+            return labels
+        except ValueError:
+            pass
+    return [str(start + i) for i in range(count)]
+
+
+class SeriesDataModule(_SeriesDataModule):
+    """Any univariate CSV series; by default the monthly airline passengers, 1949-1960.
+
+    Args:
+        path: a CSV file or URL; default ``<data_dir>/airline/airline-passengers.csv``
+            (downloaded from its public copy when absent and online).
+        column: the value column (default: the last column).
+        date_column: labels for the rows (default: ``Month`` when present, else none).
+        data_dir: default ``$SEQMODELS_DATA_DIR``, else ``data/``.
+        window: raw past values per input window (a forecaster that differences at lags
+            ``1`` and ``12`` sees ``window - 13`` transformed values).
+        horizon: values predicted per window.
+        val_size, test_size: the last values held out, chronologically (default: test = the
+            last 48 months, validation = the 12 before, training = the rest).
+    """
+
+    def __init__(self, path: str | None = None, column: str | None = None, date_column: str | None = "Month",
+                 data_dir: str | None = None, window: int = 25, horizon: int = 1, batch_size: int = 16,
+                 val_size: int = 12, test_size: int = 48) -> None:
+        super().__init__(window, horizon, batch_size, val_size, test_size)
+        self.path, self.column, self.date_column, self.data_dir = path, column, date_column, data_dir
+        self.dates: list[str] | None = None
+
+    def _resolve(self) -> Path:
+        if self.path and "://" in self.path:
+            return fetch(data_dir(self.data_dir) / "downloads" / Path(self.path).name, self.path, "The series")
+        if self.path:
+            path = Path(self.path)
+            if not path.is_file():
+                raise FileNotFoundError(f"Series file {path} does not exist. Check data.path.")
+            return path
+        return fetch(data_dir(self.data_dir) / "airline" / "airline-passengers.csv", AIRLINE_URL,
+                     "The airline-passengers series")
+
+    def prepare_data(self) -> None:
+        self._resolve()
+
+    def load_values(self) -> torch.Tensor:
+        path = self._resolve()
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        date_column = self.date_column if self.date_column in [h.strip() for h in header] else None
+        values, self.dates = read_series_csv(path, self.column, date_column)
+        return values
+
+    def future_dates(self, count: int) -> list[str]:
+        return next_dates(self.dates, len(self.values), count)

@@ -1,0 +1,30 @@
+"""Where data lives: ``data_dir`` argument, else ``$SEQMODELS_DATA_DIR``, else ``data/``."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    return Path(explicit or os.environ.get("SEQMODELS_DATA_DIR") or "data")
+
+
+def fetch(path: Path, url: str, what: str) -> Path:
+    """``path`` if it exists; otherwise download ``url`` there, or explain how to provide it."""
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(path.suffix + ".part")
+        with urllib.request.urlopen(url, timeout=20) as response:
+            partial.write_bytes(response.read())
+        partial.replace(path)  # atomic: never a half-written file under the real name
+        return path
+    except OSError as error:
+        raise FileNotFoundError(
+            f"{what} was not found at {path} and could not be downloaded from {url} ({error}). "
+            f"Put a copy at {path}, or point SEQMODELS_DATA_DIR (or the data module's data_dir) at a "
+            "directory that holds it."
+        ) from None

@@ -1,0 +1,158 @@
+import csv
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from datamodules import SeriesDataModule, SineWaveDataModule
+from datamodules.series import windows
+from seqmodels import GRU, LSTM
+from seqmodels.cli import main
+from seqmodels.tasks import Forecaster
+from seqmodels.tasks.forecasting import backtest
+
+from .conftest import CONFIGS, real_data_dir
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def write_monthly_csv(path, n=72, start_year=2000, bad_rows=()):
+    """A positive trending seasonal monthly series, like the airline data."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Month", "Passengers"])
+        for i in range(n):
+            value = 100 * math.exp(0.01 * i) * (1 + 0.2 * math.sin(2 * math.pi * i / 12))
+            cell = "n/a" if i in bad_rows else f"{value:.3f}"
+            writer.writerow([f"{start_year + i // 12}-{i % 12 + 1:02d}", cell])
+    return path
+
+
+def test_window_targets_never_leave_their_split():
+    values = torch.arange(100.0)
+    data = SineWaveDataModule(num_points=100, window=7, horizon=3, val_size=20, test_size=20)
+    data.load_values = lambda: values
+    data.setup("fit")
+    val_start, test_start = data.boundaries
+    for dataset, (lo, hi) in ((data.train_set, (0, val_start)), (data.val_set, (val_start, test_start)),
+                              (data.test_set, (test_start, 100))):
+        inputs, targets = dataset.tensors
+        assert targets.min() >= lo and targets.max() < hi
+        # inputs are the `window` values right before the first target (may reach back a split)
+        torch.testing.assert_close(inputs[:, -1, 0] + 1, targets[:, 0])
+    assert len(data.test_set) == 20 - 3 + 1
+
+
+def test_scaling_comes_from_training_values_only(tmp_path):
+    data = SeriesDataModule(path=str(write_monthly_csv(tmp_path / "s.csv")), window=13, val_size=12, test_size=12)
+    model = Forecaster(partial(LSTM, hidden_size=4), log=True, differences=[12])
+    data.setup("fit")
+    model.fit_transform(data.train_values, data.values, data.window)
+    train = torch.log(data.values[:48])
+    expected = train[12:] - train[:-12]
+    torch.testing.assert_close(model.mean, expected.mean())
+    torch.testing.assert_close(model.std, expected.std())
+
+
+@pytest.mark.parametrize("log, differences", [(False, []), (True, []), (True, [1, 12]), (False, [12])])
+def test_inverse_transform_round_trip(log, differences):
+    model = Forecaster(partial(GRU, hidden_size=4), log=log, differences=differences)
+    series = 50 + torch.rand(3, 40) * 10
+    model.fit_transform(series[0], series[0], context=30)
+    # predict_next inverts a transformed prediction; feed it the true next value's transform.
+    window, nxt = series[:, :30], series[:, 30:31]
+    true_scaled = model.transform(series[:, :31])[:, -1:]
+    model.forward = lambda features: true_scaled
+    torch.testing.assert_close(model.predict_next(window), nxt)
+
+
+def test_multistep_forecast_feeds_back_its_own_predictions():
+    model = Forecaster(partial(LSTM, hidden_size=4))
+    model.fit_transform(torch.randn(50), context=5)
+    seen = []
+    original = model.predict_next
+
+    def spy(window):
+        seen.append(window.clone())
+        return original(window)
+
+    model.predict_next = spy
+    history = torch.randn(20)
+    out = model.forecast(history, 3)
+    assert out.shape == (3,)
+    torch.testing.assert_close(seen[1][0, -1], out[0])  # the 2nd step's window ends with the 1st forecast
+    torch.testing.assert_close(seen[2][0, -2:], out[:2])
+    errors = backtest(model, history, range(10, 18, 4), steps=2)
+    assert errors.shape == (2, 2)
+
+
+def test_a_model_fits_a_clean_sine_wave(in_tmp):
+    main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), "--data.noise", "0", "--trainer.max_epochs", "8", *QUIET])
+    path = next(in_tmp.glob("lightning_logs/sine_lstm/version_0/checkpoints/last.ckpt"))
+    model = Forecaster.load_from_checkpoint(path)
+    t = torch.arange(300.0)
+    series = torch.sin(2 * math.pi * t / 50)
+    errors = backtest(model, series, range(100, 280, 20), steps=1)
+    assert errors.abs().max() < 0.05
+
+
+def test_fit_test_predict_through_main(in_tmp):
+    csv_path = write_monthly_csv(in_tmp / "series.csv", n=96)
+    args = ["--config", str(CONFIGS / "airline_gru.yaml"), "--data.path", str(csv_path), "--data.window", "25",
+            "--trainer.max_epochs", "3", *QUIET]
+    main(["fit", *args])
+    main(["test", *args, "--ckpt_path", "last"])
+    run = in_tmp / "lightning_logs" / "airline_gru" / "version_0"
+    assert (run / "forecast.png").stat().st_size > 1000
+    main(["predict", *args, "--ckpt_path", "last", "--model.predict_steps", "5", "--model.predict_path", "out.csv"])
+    rows = list(csv.reader(open(in_tmp / "out.csv")))
+    assert rows[0] == ["date", "forecast"]
+    assert [r[0] for r in rows[1:]] == ["2008-01", "2008-02", "2008-03", "2008-04", "2008-05"]
+    assert all(float(r[1]) > 0 for r in rows[1:])
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope.csv does not exist"):
+        SeriesDataModule(path=str(tmp_path / "nope.csv")).setup("fit")
+
+
+def test_absent_default_data_offline_names_the_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/airline/airline-passengers.csv.*SEQMODELS_DATA_DIR"):
+        SeriesDataModule(data_dir=str(tmp_path)).prepare_data()
+
+
+def test_unknown_column_lists_the_columns(tmp_path):
+    path = write_monthly_csv(tmp_path / "s.csv")
+    with pytest.raises(ValueError, match=r"no column 'Sales'; its columns are \['Month', 'Passengers'\]"):
+        SeriesDataModule(path=str(path), column="Sales").setup("fit")
+
+
+def test_non_numeric_values_name_their_lines(tmp_path):
+    path = write_monthly_csv(tmp_path / "s.csv", bad_rows=(3, 10))
+    with pytest.raises(ValueError, match=r"line 5: 'n/a', line 12: 'n/a'"):
+        SeriesDataModule(path=str(path)).setup("fit")
+
+
+def test_too_short_series(tmp_path):
+    path = write_monthly_csv(tmp_path / "s.csv", n=70)
+    with pytest.raises(ValueError, match=r"only 10 remain for training, fewer than window \+ horizon = 26"):
+        SeriesDataModule(path=str(path), window=25).setup("fit")
+
+
+def test_log_transform_refuses_non_positive_values():
+    model = Forecaster(partial(LSTM, hidden_size=4), log=True)
+    with pytest.raises(ValueError, match=r"log=True needs positive values.*positions \[2\]"):
+        model.fit_transform(torch.tensor([1.0, 2.0, 0.0, 3.0]))
+
+
+@pytest.mark.realdata
+def test_airline_split_matches_the_published_boundaries():
+    if real_data_dir() is None:
+        pytest.skip("SEQMODELS_DATA_DIR is not set")
+    data = SeriesDataModule()
+    data.setup("fit")
+    val_start, test_start = data.boundaries
+    assert (data.dates[val_start], data.dates[test_start], data.dates[-1]) == ("1956-01", "1957-01", "1960-12")
+    assert len(data.test_set) == 48
