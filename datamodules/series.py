@@ -109,6 +109,7 @@ class SineWaveDataModule(_SeriesDataModule):
         return torch.sin(2 * math.pi * t / self.period) + self.noise * noise
 
 
+DATE_NAMES = ("month", "date", "time", "timestamp", "period")
 AIRLINE_URL = "https://raw.githubusercontent.com/jbrownlee/Datasets/master/airline-passengers.csv"
 
 
@@ -121,12 +122,14 @@ def read_series_csv(path: Path, column: str | None, date_column: str | None) -> 
     header = [name.strip() for name in rows[0]]
     body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
     if column is None:
-        candidates = [name for name in header if name != date_column][-1:]
-        column = candidates[0] if candidates else None
+        column = header[-1]
     if column not in header:
         raise ValueError(f"{path} has no column {column!r}; its columns are {header}. Set data.column to one of them.")
-    if date_column is not None and date_column not in header:
-        raise ValueError(f"{path} has no date column {date_column!r}; its columns are {header}.")
+    if date_column is None:
+        date_column = next((name for name in header if name.lower() in DATE_NAMES and name != column), None)
+    elif date_column not in header:
+        raise ValueError(f"{path} has no date column {date_column!r}; its columns are {header}. "
+                         "Set data.date_column to one of them, or leave it unset.")
     index = header.index(column)
     values, bad = [], []
     for line, row in enumerate(body, start=2):  # line 1 is the header
@@ -168,7 +171,8 @@ class SeriesDataModule(_SeriesDataModule):
         path: a CSV file or URL; default ``<data_dir>/airline/airline-passengers.csv``
             (downloaded from its public copy when absent and online).
         column: the value column (default: the last column).
-        date_column: labels for the rows (default: ``Month`` when present, else none).
+        date_column: labels for the rows (default: a column named month, date, time,
+            timestamp or period, when there is one).
         data_dir: default ``$SEQMODELS_DATA_DIR``, else ``data/``.
         window: raw past values per input window (a forecaster that differences at lags
             ``1`` and ``12`` sees ``window - 13`` transformed values).
@@ -177,7 +181,7 @@ class SeriesDataModule(_SeriesDataModule):
             last 48 months, validation = the 12 before, training = the rest).
     """
 
-    def __init__(self, path: str | None = None, column: str | None = None, date_column: str | None = "Month",
+    def __init__(self, path: str | None = None, column: str | None = None, date_column: str | None = None,
                  data_dir: str | None = None, window: int = 25, horizon: int = 1, batch_size: int = 16,
                  val_size: int = 12, test_size: int = 48) -> None:
         super().__init__(window, horizon, batch_size, val_size, test_size)
@@ -199,11 +203,7 @@ class SeriesDataModule(_SeriesDataModule):
         self._resolve()
 
     def load_values(self) -> torch.Tensor:
-        path = self._resolve()
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-        date_column = self.date_column if self.date_column in [h.strip() for h in header] else None
-        values, self.dates = read_series_csv(path, self.column, date_column)
+        values, self.dates = read_series_csv(self._resolve(), self.column, self.date_column)
         return values
 
     def future_dates(self, count: int) -> list[str]:

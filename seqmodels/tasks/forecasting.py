@@ -103,10 +103,13 @@ class Forecaster(L.LightningModule):
 
     def predict_next(self, window: Tensor) -> Tensor:
         """Raw windows ``(batch, time)`` -> raw forecasts of the next ``horizon`` values."""
-        levels = self._levels(window)
-        value = self(self.transform(window)) * self.std + self.mean
+        return self._to_raw(self(self.transform(window)), window)
+
+    def _to_raw(self, scaled: Tensor, window: Tensor) -> Tensor:
+        """Invert the transform of a prediction that follows the raw ``window``."""
+        value = scaled * self.std + self.mean
         # Undo each differencing: the next value is the difference plus the value `lag` back.
-        for lag, level in zip(reversed(self.differences), reversed(levels[:-1])):
+        for lag, level in zip(reversed(self.differences), reversed(self._levels(window)[:-1])):
             value = value + level[:, -lag:][:, :1]
         return value.exp() if self.hparams.log else value
 
@@ -129,14 +132,14 @@ class Forecaster(L.LightningModule):
         out = torch.cat(predictions, dim=1)
         return out[0] if squeeze else out
 
-    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Loss on the scaled values, the scaled predictions, the raw windows and targets."""
         inputs, targets = batch
         inputs = inputs.squeeze(-1)
         horizon = targets.shape[1]
         features = self.transform(torch.cat([inputs, targets], dim=1))
-        scaled_predictions = self(features[:, :-horizon])
-        loss = F.mse_loss(scaled_predictions, features[:, -horizon:])
-        return loss, self.predict_next(inputs), targets
+        scaled = self(features[:, :-horizon])
+        return F.mse_loss(scaled, features[:, -horizon:]), scaled, inputs, targets
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch)[0]
@@ -144,14 +147,16 @@ class Forecaster(L.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, predictions, targets = self._step(batch)
+        loss, scaled, inputs, targets = self._step(batch)
+        predictions = self._to_raw(scaled, inputs)
         self.val_rmse(predictions, targets)
         self.val_mae(predictions, targets)
         self.log("val/loss", loss, prog_bar=True)
         self.log_dict({"val/rmse": self.val_rmse, "val/mae": self.val_mae}, prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, predictions, targets = self._step(batch)
+        loss, scaled, inputs, targets = self._step(batch)
+        predictions = self._to_raw(scaled, inputs)
         self.test_rmse(predictions, targets)
         self.test_mae(predictions, targets)
         self._test_predictions.append(predictions[:, 0].detach().cpu())
