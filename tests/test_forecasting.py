@@ -156,3 +156,10 @@ def test_airline_split_matches_the_published_boundaries():
     val_start, test_start = data.boundaries
     assert (data.dates[val_start], data.dates[test_start], data.dates[-1]) == ("1956-01", "1957-01", "1960-12")
     assert len(data.test_set) == 48
+
+
+@pytest.mark.parametrize("config", ["airline_rnn", "airline_lstm", "airline_gru", "tutorial/airline_lstm"])
+def test_every_forecasting_config_runs(in_tmp, config):
+    csv_path = write_monthly_csv(in_tmp / "series.csv", n=120)
+    main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), "--data.path", str(csv_path),
+          "--trainer.fast_dev_run", "2", *QUIET])
