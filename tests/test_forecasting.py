@@ -148,9 +148,8 @@ def test_log_transform_refuses_non_positive_values():
 
 
 @pytest.mark.realdata
+@pytest.mark.skipif(real_data_dir() is None, reason="needs the real data: set SEQMODELS_DATA_DIR")
 def test_airline_split_matches_the_published_boundaries():
-    if real_data_dir() is None:
-        pytest.skip("SEQMODELS_DATA_DIR is not set")
     data = SeriesDataModule()
     data.setup("fit")
     val_start, test_start = data.boundaries

@@ -91,8 +91,8 @@ class Forecaster(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        # Lightning has already run the data module's setup, so its values are loaded.
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "train_values"):
-            datamodule.setup(stage)
             self.fit_transform(datamodule.train_values, datamodule.values, datamodule.window)
 
     # -- model ----------------------------------------------------------------------------
