@@ -1,5 +1,6 @@
 """LightningDataModules for seqmodels' tasks."""
 
+from datamodules.imdb import IMDBDataModule
 from datamodules.series import SeriesDataModule, SineWaveDataModule
 
-__all__ = ["SeriesDataModule", "SineWaveDataModule"]
+__all__ = ["IMDBDataModule", "SeriesDataModule", "SineWaveDataModule"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -56,6 +57,8 @@ class SeqCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_name", type=str, default="default",
                             help="Runs are written to lightning_logs/<run_name>/version_N.")
+        parser.add_argument("--output", type=Optional[str], default=None,
+                            help="The file predict writes; default: a file in the run's version folder.")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
@@ -65,17 +68,23 @@ class SeqCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        # Sizes the data decides (the tokenizer's vocabulary) reach the model at instantiation.
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
 
     def _active(self, config):
         """The part of a parsed config for the current subcommand (all of it when run=False)."""
         return config[self.subcommand] if self.subcommand else config
 
-    def before_instantiate_classes(self) -> None:
-        config = self._active(self.config)
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would overwrite the model's config with the checkpoint's hyperparameters,
+        # silently ignoring what the command line says (--model.predict_steps, ...). Here the
+        # config and command line build the model, as they do for fit, and loading the weights
+        # then checks that they fit it. This only resolves "last".
         self._resume_version = None
-        if config.get("ckpt_path") == "last":
-            path, self._resume_version = find_last_checkpoint(config["run_name"])
-            config.ckpt_path = str(path)
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path") == "last":
+            path, self._resume_version = find_last_checkpoint(self.config[subcommand]["run_name"])
+            self.config[subcommand].ckpt_path = str(path)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         config = self._active(self.config_init)
@@ -84,6 +93,10 @@ class SeqCLI(LightningCLI):
                 save_dir=LOG_ROOT, name=config["run_name"], version=self._resume_version, default_hp_metric=False
             )
         return super().instantiate_trainer(**kwargs)
+
+    def before_predict(self) -> None:
+        # Not a model hyperparameter: predicting from a checkpoint restores those from the file.
+        self.model.output_path = self._active(self.config).get("output")
 
     def before_fit(self) -> None:
         # The optimizer and scheduler come from the config, not the model's __init__, so they

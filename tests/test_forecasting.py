@@ -105,7 +105,7 @@ def test_fit_test_predict_through_main(in_tmp):
     main(["test", *args, "--ckpt_path", "last"])
     run = in_tmp / "lightning_logs" / "airline_gru" / "version_0"
     assert (run / "forecast.png").stat().st_size > 1000
-    main(["predict", *args, "--ckpt_path", "last", "--model.predict_steps", "5", "--model.predict_path", "out.csv"])
+    main(["predict", *args, "--ckpt_path", "last", "--model.predict_steps", "5", "--output", "out.csv"])
     rows = list(csv.reader(open(in_tmp / "out.csv")))
     assert rows[0] == ["date", "forecast"]
     assert [r[0] for r in rows[1:]] == ["2008-01", "2008-02", "2008-03", "2008-04", "2008-05"]

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from seqmodels.backbones import Backbone
+from seqmodels.tasks.outputs import output_file
 
 
 class Forecaster(L.LightningModule):
@@ -35,12 +36,10 @@ class Forecaster(L.LightningModule):
         differences: lags to difference at, in order.
         lr: Adam's learning rate, used when the config gives no ``optimizer``.
         predict_steps: how far ``predict`` forecasts past the end of the series.
-        predict_path: the CSV ``predict`` writes; default ``forecast.csv`` in the run's folder.
     """
 
     def __init__(self, backbone: Callable[[int], Backbone], horizon: int = 1, log: bool = False,
-                 differences: list[int] | None = None, lr: float = 1e-3, predict_steps: int = 12,
-                 predict_path: str | None = None) -> None:
+                 differences: list[int] | None = None, lr: float = 1e-3, predict_steps: int = 12) -> None:
         super().__init__()
         differences = list(differences or [])
         if horizon < 1:
@@ -51,6 +50,7 @@ class Forecaster(L.LightningModule):
             raise ValueError(f"Differencing ({differences}) forecasts one step at a time; set horizon=1 "
                              f"(got {horizon}) and use forecast() for several steps.")
         self.save_hyperparameters()
+        self.output_path: str | None = None  # where predict writes; the CLI's --output
         self.differences = differences
         self.backbone = backbone(1)
         self.head = nn.Linear(self.backbone.output_size, horizon)
@@ -211,7 +211,7 @@ class Forecaster(L.LightningModule):
         forecast = self.forecast(series, self.hparams.predict_steps)
         datamodule = getattr(self.trainer, "datamodule", None)
         future = datamodule.future_dates(len(forecast[0])) if hasattr(datamodule, "future_dates") else None
-        path = self._predict_path()
+        path = output_file(self, "forecast.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
@@ -220,13 +220,6 @@ class Forecaster(L.LightningModule):
                 writer.writerow([future[i] if future else i + 1, f"{value:.4f}"])
         print(f"Wrote {len(forecast[0])} forecasts to {path}")
         return forecast
-
-    def _predict_path(self) -> Path:
-        if self.hparams.predict_path:
-            return Path(self.hparams.predict_path)
-        logger = self.logger
-        folder = Path(logger.log_dir) if logger is not None and getattr(logger, "log_dir", None) else Path(".")
-        return folder / "forecast.csv"
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
