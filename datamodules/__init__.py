@@ -1,6 +1,7 @@
 """LightningDataModules for seqmodels' tasks."""
 
+from datamodules.chartext import CharTextDataModule
 from datamodules.imdb import IMDBDataModule
 from datamodules.series import SeriesDataModule, SineWaveDataModule
 
-__all__ = ["IMDBDataModule", "SeriesDataModule", "SineWaveDataModule"]
+__all__ = ["CharTextDataModule", "IMDBDataModule", "SeriesDataModule", "SineWaveDataModule"]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.paths import data_dir
+from datamodules.paths import cache_dir, data_dir
 
 HUB_NAME = "stanfordnlp/imdb"
 PAD, UNK = "[PAD]", "[UNK]"
@@ -168,8 +168,9 @@ class IMDBDataModule(L.LightningDataModule):
 
     A word-level tokenizer (lowercase, ``<br />`` stripped, NFKC, punctuation split; ``[PAD]`` = 0,
     ``[UNK]`` = 1) is trained on the training part only, and the reviews are encoded once with
-    ``datasets.map``; both are cached (``cache_dir``, default: next to ``datasets``' own cache),
-    keyed by the data's fingerprint, the split and ``vocab_size``. The tokenizer is saved in the
+    ``datasets.map``. Both are cached, keyed by the data's fingerprint, the split and
+    ``vocab_size``: the tokenizer in ``cache_dir`` (see :mod:`datamodules.paths`), the encodings
+    in ``datasets``' own cache next to the data's Arrow files. The tokenizer is saved in the
     checkpoint (by the data module and by the :class:`~seqmodels.tasks.SequenceClassifier`) as a
     JSON string, so a checkpoint alone classifies raw text.
 
@@ -252,13 +253,6 @@ class IMDBDataModule(L.LightningDataModule):
                                  "expected only 0 (negative) and 1 (positive).")
         return raw
 
-    def _cache_dir(self) -> Path:
-        if self.hparams.cache_dir:
-            return Path(self.hparams.cache_dir)
-        import datasets
-
-        return Path(datasets.config.HF_DATASETS_CACHE) / "seqmodels"
-
     def _split(self, train):
         n = len(train)
         if not 0 < self.hparams.val_size < n:
@@ -280,7 +274,7 @@ class IMDBDataModule(L.LightningDataModule):
         train, val = self._split(raw["train"])
         key = hashlib.sha256(json.dumps(
             [train._fingerprint, self.hparams.vocab_size, self.hparams.min_frequency]).encode()).hexdigest()[:16]
-        cache = self._cache_dir()
+        cache = cache_dir(self.hparams.cache_dir)
         tokenizer_file = cache / f"imdb-tokenizer-{key}.json"
         if tokenizer_file.is_file():
             tokenizer = Tokenizer.from_file(str(tokenizer_file))

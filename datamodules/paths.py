@@ -1,4 +1,7 @@
-"""Where data lives: ``data_dir`` argument, else ``$SEQMODELS_DATA_DIR``, else ``data/``."""
+"""Where data lives: ``data_dir`` argument, else ``$SEQMODELS_DATA_DIR``, else ``data/``; and where
+what is computed from it (encodings, tokenizers) is cached: ``cache_dir`` argument, else
+``$SEQMODELS_CACHE_DIR``, else ``~/.cache/seqmodels`` (never the data directory, which may be shared
+and read-only)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,10 @@ from pathlib import Path
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     return Path(explicit or os.environ.get("SEQMODELS_DATA_DIR") or "data")
+
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    return Path(explicit or os.environ.get("SEQMODELS_CACHE_DIR") or Path.home() / ".cache" / "seqmodels")
 
 
 def fetch(path: Path, url: str, what: str) -> Path:

@@ -20,6 +20,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from seqmodels.training import CheckpointError, RandomState, SafeCheckpointIO, TrainingGuard, load_checkpoint
+
 LOG_ROOT = Path("lightning_logs")
 
 
@@ -63,11 +65,11 @@ class SeqCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
-            "checkpoint.save_last": True,
             "checkpoint.filename": "best-{epoch}-{step}",
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(TrainingGuard, "guard")
         # Sizes the data decides (the tokenizer's vocabulary) reach the model at instantiation.
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
 
@@ -92,13 +94,51 @@ class SeqCLI(LightningCLI):
             config["trainer"]["logger"] = TensorBoardLogger(
                 save_dir=LOG_ROOT, name=config["run_name"], version=self._resume_version, default_hp_metric=False
             )
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        # last.ckpt after every validation: ModelCheckpoint(save_last=True) refreshes it only when
+        # a new best is saved, so "--ckpt_path last" could silently resume from an old epoch.
+        trainer.callbacks.extend([RandomState(), ModelCheckpoint(filename="last", monitor=None, save_top_k=1,
+                                                                 enable_version_counter=False)])
+        return trainer
+
+    def _check_checkpoint(self) -> None:
+        """Refuse, with one clear message, a checkpoint that is unsafe, unreadable or of another model."""
+        path = self._active(self.config).get("ckpt_path")
+        if not path or path in ("best", "hpc", "registry"):
+            return
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            raise SystemExit(f"error: {error}") from None
+        saved = checkpoint["state_dict"]
+        expected = self.model.state_dict()
+        if saved.keys() != expected.keys() or any(saved[k].shape != v.shape for k, v in expected.items()):
+            was = checkpoint.get("hyper_parameters", {}).get("_class_path", "an unknown model")
+            now = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
+            missing = sorted(expected.keys() - saved.keys())[:4]
+            shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                      if k in saved and saved[k].shape != v.shape][:4]
+            raise SystemExit(
+                f"error: checkpoint {path} does not fit the model this config builds: it was saved by {was}, the "
+                f"config builds {now}" + (f"; missing weights {missing}" if missing else "")
+                + (f"; different shapes {shapes}" if shapes else "")
+                + ". Use the config the checkpoint was trained with (its run folder has config.yaml)."
+            )
+
+    def before_validate(self) -> None:
+        self._check_checkpoint()
+
+    def before_test(self) -> None:
+        self._check_checkpoint()
 
     def before_predict(self) -> None:
+        self._check_checkpoint()
         # Not a model hyperparameter: predicting from a checkpoint restores those from the file.
         self.model.output_path = self._active(self.config).get("output")
 
     def before_fit(self) -> None:
+        self._check_checkpoint()
         # The optimizer and scheduler come from the config, not the model's __init__, so they
         # would be missing from hparams.yaml and TensorBoard's hparams view; log them too.
         config = self._active(self.config)

@@ -2,5 +2,6 @@
 
 from seqmodels.tasks.classification import SequenceClassifier
 from seqmodels.tasks.forecasting import Forecaster
+from seqmodels.tasks.generation import CharLanguageModel
 
-__all__ = ["Forecaster", "SequenceClassifier"]
+__all__ = ["CharLanguageModel", "Forecaster", "SequenceClassifier"]

@@ -1,0 +1,175 @@
+"""Character-level language modelling and text generation with a recurrent backbone."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmodels.backbones import Backbone
+from seqmodels.tasks.outputs import output_file
+
+
+class CharLanguageModel(L.LightningModule):
+    """Embedding -> recurrent backbone -> dropout -> linear head over the vocabulary.
+
+    Trained on next-character cross-entropy; ``val/loss`` is in nats per character and
+    ``val/bpc`` in bits. Validation reads the held-out text as contiguous streams and carries
+    the recurrent state from one block to the next, so every character is predicted once
+    with all the text before it in its stream as context.
+
+    The vocabulary (a string of characters; index 0 is the unknown symbol) is taken from the
+    data module at ``fit`` and saved in the checkpoint, so :meth:`generate` works after
+    ``load_from_checkpoint`` alone.
+
+    Args:
+        vocab_size: rows of the embedding and of the output layer; linked from ``data.vocab_size``.
+        backbone: builds the recurrent backbone from its input size (``embedding_dim``); must be
+            unidirectional (a language model cannot read the future).
+        embedding_dim: size of a character's vector.
+        dropout: on the backbone's outputs.
+        lr: Adam's learning rate, used when the config gives no ``optimizer``.
+        sample_length: characters of the sample logged to TensorBoard at each validation.
+        length, temperature, top_k: what ``predict`` generates (from the data module's prompt,
+            with the run's ``seed_everything`` as the seed).
+    """
+
+    def __init__(self, vocab_size: int, backbone: Callable[[int], Backbone], embedding_dim: int = 64,
+                 dropout: float = 0.0, lr: float = 2e-3, sample_length: int = 200, length: int = 500,
+                 temperature: float = 1.0, top_k: int | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.backbone = backbone(embedding_dim)
+        if self.backbone.num_directions != 1:
+            raise ValueError("A language model's backbone must be unidirectional: set bidirectional false.")
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.backbone.output_size, vocab_size)
+        self.vocabulary = None
+        self.output_path: str | None = None  # where predict writes; the CLI's --output
+        self._val_state = None
+        self._val_index = -1
+
+    def forward(self, ids: Tensor, state=None) -> tuple[Tensor, object]:
+        """Ids ``(batch, time)`` -> logits ``(batch, time, vocab_size)`` and the final state."""
+        outputs, state = self.backbone(self.embedding(ids), state=state)
+        return self.head(self.dropout(outputs)), state
+
+    def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        inputs, targets = batch
+        loss = self._loss(self(inputs)[0], targets)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[int, Tensor, Tensor], batch_idx: int) -> None:
+        index, inputs, targets = batch
+        # Carry the state only from the block just before this one in the same streams.
+        state = self._val_state if int(index) == self._val_index + 1 else None
+        logits, state = self(inputs, state)
+        self._val_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        self._val_index = int(index)
+        loss = self._loss(logits, targets)
+        count = targets.numel()
+        self.log("val/loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
+        self.log("val/bpc", loss / math.log(2), prog_bar=True, batch_size=count, sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_state, self._val_index = None, -1
+
+    def on_validation_epoch_end(self) -> None:
+        if self.vocabulary is None or self.trainer.sanity_checking or self.logger is None:
+            return
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            sample = self.generate("\n", self.hparams.sample_length, temperature=0.8, seed=0)
+            # Markdown in TensorBoard: keep line breaks and spacing as generated.
+            experiment.add_text("val/sample", "    " + sample.replace("\n", "\n    "), self.global_step)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    # -- the vocabulary travels with the weights ---------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        vocabulary = getattr(datamodule, "vocabulary", None)
+        if stage == "fit" and vocabulary is not None:
+            if len(vocabulary) != self.hparams.vocab_size:
+                raise ValueError(f"The data has {len(vocabulary)} characters but the model's vocab_size is "
+                                 f"{self.hparams.vocab_size}; link model.vocab_size to data.vocab_size.")
+            self.vocabulary = vocabulary
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.vocabulary is not None:
+            checkpoint["vocabulary"] = self.vocabulary.chars
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "vocabulary" in checkpoint:
+            from datamodules.chartext import Vocabulary
+
+            self.vocabulary = Vocabulary(checkpoint["vocabulary"])
+
+    # -- generation ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None) -> str:
+        """``length`` characters sampled after ``prompt`` (the prompt is not repeated).
+
+        The prompt is read once; then each sampled character advances the recurrent state by one
+        step, so the cost is linear in ``length``. ``temperature`` < 1 sharpens the distribution;
+        ``top_k`` keeps only the k likeliest characters; ``temperature == 0`` is greedy. The same
+        ``seed`` gives the same text. Characters of the prompt the vocabulary lacks read as the
+        unknown symbol; a prompt made only of such characters is an error.
+        """
+        if self.vocabulary is None:
+            raise RuntimeError("This model has no vocabulary: train it on a CharTextDataModule or load it from such "
+                               "a run's checkpoint before generating.")
+        if length < 0 or temperature < 0 or (top_k is not None and top_k < 1):
+            raise ValueError(f"length and temperature must be >= 0 and top_k >= 1, got {length}, {temperature}, {top_k}.")
+        if not prompt:
+            raise ValueError("The prompt is empty; give at least one character (for example a newline).")
+        unknown = self.vocabulary.unknown(prompt)
+        if len(set(prompt)) == len(unknown):
+            raise ValueError(f"None of the prompt's characters are in the model's vocabulary: {unknown}. The "
+                             f"vocabulary has {len(self.vocabulary) - 1} characters, e.g. "
+                             f"{self.vocabulary.chars[1:40]!r}.")
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(torch.initial_seed() if seed is None else seed)
+        was_training = self.training
+        self.eval()
+        ids = torch.tensor([self.vocabulary.encode(prompt)], device=self.device)
+        logits, state = self(ids)
+        out = []
+        for _ in range(length):
+            last = logits[0, -1].float()
+            last[0] = float("-inf")  # never emit the unknown symbol
+            if temperature == 0:
+                nxt = last.argmax()
+            else:
+                last = last / temperature
+                if top_k is not None and top_k < last.numel():
+                    cutoff = last.topk(top_k).values[-1]
+                    last = last.masked_fill(last < cutoff, float("-inf"))
+                nxt = torch.multinomial(last.softmax(-1), 1, generator=generator)[0]
+            out.append(int(nxt))
+            logits, state = self(nxt.view(1, 1), state)
+        self.train(was_training)
+        return self.vocabulary.decode(out)
+
+    def predict_step(self, prompt: str, batch_idx: int) -> str:
+        text = prompt + self.generate(prompt, self.hparams.length, self.hparams.temperature, self.hparams.top_k)
+        path = output_file(self, "generated.txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+        print(f"Wrote {len(text)} characters to {path}")
+        return text
