@@ -13,9 +13,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.paths import cache_dir, data_dir, fetch
+from datamodules.sharding import ShardedSampler, share, world
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 UNKNOWN = "\ufffd"  # id 0: characters the training part never shows
@@ -132,22 +133,34 @@ class Windows(Dataset):
         return piece[:-1], piece[1:]
 
 
-class RandomOffsets(Sampler[int]):
+class RandomOffsets(ShardedSampler):
     """``num_samples`` random window offsets per epoch, drawn from ``seed`` and the epoch alone,
-    so a resumed run sees the same windows."""
+    so a resumed run sees the same windows; in a distributed run each process takes its share."""
 
     def __init__(self, positions: int, num_samples: int, seed: int = 0) -> None:
-        self.positions, self.num_samples, self.seed, self.epoch = positions, num_samples, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(shuffle=True, seed=seed)
+        self.positions, self.num_samples = positions, num_samples
 
     def __len__(self) -> int:
-        return self.num_samples
+        return -(-self.num_samples // self.num_replicas)
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        return iter(rng.integers(0, self.positions, self.num_samples).tolist())
+        return iter(share(rng.integers(0, self.positions, self.num_samples).tolist(), *world()))
+
+
+class EveryBlock(ShardedSampler):
+    """All of :class:`Streams`' blocks in order, in every process (each reads its own streams)."""
+
+    def __init__(self, blocks: int) -> None:
+        super().__init__(shuffle=False, seed=0)
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return self.blocks
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.blocks))
 
 
 class Streams(Dataset):
@@ -155,7 +168,9 @@ class Streams(Dataset):
 
     Item ``k`` is ``(index, input, target)``, the ``k``-th block of every stream, each ``(streams,
     seq_length)``; a model that carries its state from block ``k - 1`` to block ``k`` predicts
-    every character of the text once, with all the context before it in its stream."""
+    every character of the text once, with all the context before it in its stream. In a
+    distributed run each process reads every ``world``-th stream, so together they still read
+    the text exactly once."""
 
     def __init__(self, ids: np.ndarray, start: int, stop: int, streams: int, seq_length: int) -> None:
         per_stream = (stop - start - 1) // streams
@@ -170,8 +185,9 @@ class Streams(Dataset):
     def __getitem__(self, index: int) -> tuple[int, Tensor, Tensor]:
         begin = index * self.seq_length
         end = min(begin + self.seq_length, self.per_stream)
+        replicas, rank = world()
         rows = [self.ids[self.start + s * self.per_stream + begin: self.start + s * self.per_stream + end + 1]
-                for s in range(self.streams)]
+                for s in range(rank, self.streams, replicas)]
         block = torch.from_numpy(np.stack(rows).astype(np.int64))
         return index, block[:, :-1], block[:, 1:]
 
@@ -279,7 +295,7 @@ class CharTextDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         streams = Streams(self.ids, self.split, len(self.ids), self.hparams.batch_size, self.hparams.seq_length)
-        return DataLoader(streams, batch_size=None, shuffle=False)
+        return DataLoader(streams, batch_size=None, sampler=EveryBlock(len(streams)))
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader([self.hparams.prompt], batch_size=None)

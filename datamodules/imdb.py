@@ -13,9 +13,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.paths import cache_dir, data_dir
+from datamodules.sharding import ShardedSampler, share, world
 
 HUB_NAME = "stanfordnlp/imdb"
 PAD, UNK = "[PAD]", "[UNK]"
@@ -85,7 +86,7 @@ class EncodedReviews(Dataset):
         return self.ids[self.offsets[index]: self.offsets[index + 1]], int(self.labels[index])
 
 
-class BucketSampler(Sampler[int]):
+class BucketSampler(ShardedSampler):
     """Indices in an order whose consecutive ``batch_size`` runs have similar lengths.
 
     Each epoch: shuffle, cut into pools of ``pool_batches`` batches, sort each pool by length,
@@ -93,23 +94,24 @@ class BucketSampler(Sampler[int]):
     The order depends only on ``seed`` and the epoch (:meth:`set_epoch`, which Lightning calls),
     so a resumed run sees the same data order. ``shuffle=False`` sorts the whole set instead
     (evaluation: least padding, fixed order).
+
+    In a distributed run each process takes every ``world``-th batch (training) or review
+    (evaluation), padded by wrap-around to equal counts.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool = True, seed: int = 0,
                  pool_batches: int = 50) -> None:
-        self.lengths, self.batch_size, self.shuffle, self.seed = np.asarray(lengths), batch_size, shuffle, seed
+        super().__init__(shuffle, seed)
+        self.lengths, self.batch_size = np.asarray(lengths), batch_size
         self.pool = batch_size * pool_batches
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return sum(1 for _ in self)  # cheap enough, and exact per rank
 
     def __iter__(self) -> Iterator[int]:
+        replicas, rank = world()
         if not self.shuffle:
-            return iter(np.argsort(self.lengths, kind="stable").tolist())
+            return iter(share(np.argsort(self.lengths, kind="stable").tolist(), replicas, rank))
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
         batches = []
@@ -120,7 +122,8 @@ class BucketSampler(Sampler[int]):
         full = [b for b in batches if len(b) == self.batch_size]
         short = [b for b in batches if len(b) < self.batch_size]
         full = [full[i] for i in rng.permutation(len(full))]
-        return iter(np.concatenate(full + short).tolist() if batches else [])
+        batches = share(full + short, replicas, rank)
+        return iter(np.concatenate(batches).tolist() if batches else [])
 
 
 class Collate:

@@ -239,3 +239,20 @@ def test_real_imdb_beats_70_percent_after_a_few_hundred_steps(in_tmp):
                             weights_only=True)
     scores = [v["best_model_score"] for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert float(scores[0]) > 0.70
+
+
+def test_in_a_distributed_run_each_process_gets_whole_batches_of_its_own(monkeypatch):
+    import datamodules.imdb as imdb
+
+    lengths = np.random.default_rng(1).integers(1, 500, size=203)
+    sampler = BucketSampler(lengths, batch_size=10, pool_batches=5)
+    single = list(sampler)
+    halves = []
+    for rank in (0, 1):
+        monkeypatch.setattr(imdb, "world", lambda rank=rank: (2, rank))
+        halves.append(list(sampler))
+    # 20 full batches and one of 3 -> 11 batches each (one repeated); the short one comes last
+    assert (len(halves[0]), len(halves[1])) == (103, 110)
+    batches = [h[i: i + 10] for h in halves for i in range(0, len(h), 10)]
+    assert {tuple(b) for b in batches} == {tuple(single[i: i + 10]) for i in range(0, len(single), 10)}
+    assert set(halves[0]) | set(halves[1]) == set(range(203))
