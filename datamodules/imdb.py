@@ -212,34 +212,28 @@ class IMDBDataModule(L.LightningDataModule):
         import datasets
 
         local = self._local_dir()
-        progress = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        try:
-            if local.is_dir():
-                try:
-                    raw = datasets.load_dataset(str(local))
-                except Exception as error:  # mismatched columns across files, unreadable parquet, ...
-                    cause = error.__cause__ or error
-                    raise ValueError(
-                        f"Could not read the IMDB data at {local}: {type(cause).__name__}: "
-                        f"{' '.join(str(cause).split())[:300]}. Expected the hub's parquet layout: "
-                        "plain_text/train-*.parquet and plain_text/test-*.parquet, each with a string column "
-                        "'text' and an integer column 'label'."
-                    ) from None
-            else:
-                try:
-                    raw = datasets.load_dataset(HUB_NAME)
-                except Exception as error:  # offline, hub down, no such dataset: one clear message
-                    raise FileNotFoundError(
-                        f"IMDB data was not found at {local} and could not be loaded from the Hugging Face hub "
-                        f"({HUB_NAME}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
-                        f"Put the dataset there in the hub's parquet layout (plain_text/train-*.parquet and "
-                        f"plain_text/test-*.parquet, with columns text and label), or point SEQMODELS_DATA_DIR "
-                        f"(or data.data_dir) at a directory holding imdb/."
-                    ) from None
-        finally:
-            if progress:
-                datasets.enable_progress_bars()
+        if local.is_dir():
+            try:
+                raw = datasets.load_dataset(str(local))
+            except Exception as error:  # mismatched columns across files, unreadable parquet, ...
+                cause = error.__cause__ or error
+                raise ValueError(
+                    f"Could not read the IMDB data at {local}: {type(cause).__name__}: "
+                    f"{' '.join(str(cause).split())[:300]}. Expected the hub's parquet layout: "
+                    "plain_text/train-*.parquet and plain_text/test-*.parquet, each with a string column "
+                    "'text' and an integer column 'label'."
+                ) from None
+        else:
+            try:
+                raw = datasets.load_dataset(HUB_NAME)
+            except Exception as error:  # offline, hub down, no such dataset: one clear message
+                raise FileNotFoundError(
+                    f"IMDB data was not found at {local} and could not be loaded from the Hugging Face hub "
+                    f"({HUB_NAME}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                    f"Put the dataset there in the hub's parquet layout (plain_text/train-*.parquet and "
+                    f"plain_text/test-*.parquet, with columns text and label), or point SEQMODELS_DATA_DIR "
+                    f"(or data.data_dir) at a directory holding imdb/."
+                ) from None
         where = local if local.is_dir() else HUB_NAME
         for split in ("train", "test"):
             if split not in raw:
@@ -271,6 +265,17 @@ class IMDBDataModule(L.LightningDataModule):
 
     def _prepare(self):
         """Load, split, fit or load the cached tokenizer, encode (cached). Idempotent."""
+        import datasets
+
+        quiet = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # Lightning's own progress bar is the one to watch
+        try:
+            return self._load_and_encode()
+        finally:
+            if quiet:
+                datasets.enable_progress_bars()
+
+    def _load_and_encode(self):
         from tokenizers import Tokenizer
 
         raw = self._load_raw()
@@ -301,15 +306,7 @@ class IMDBDataModule(L.LightningDataModule):
             return
         if self.datasets:
             return
-        import datasets
-
-        progress = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        try:
-            self.tokenizer, encoded = self._prepare()
-        finally:
-            if progress:
-                datasets.enable_progress_bars()
+        self.tokenizer, encoded = self._prepare()
         self.datasets = {name: EncodedReviews.from_arrow(split) for name, split in encoded.items()}
 
     # -- loaders ----------------------------------------------------------------------------
