@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.paths import cache_dir, data_dir
+from datamodules.paths import cache_dir, data_dir, private_partial
 from datamodules.sharding import ShardedSampler, share, world
+from seqmodels.errors import InvalidInputError, MissingInputError
 
 HUB_NAME = "stanfordnlp/imdb"
 PAD, UNK = "[PAD]", "[UNK]"
@@ -190,9 +191,9 @@ class IMDBDataModule(L.LightningDataModule):
                  predict_path: str | None = None, cache_dir: str | None = None) -> None:
         super().__init__()
         if vocab_size < 3:
-            raise ValueError(f"vocab_size must be at least 3 ([PAD], [UNK] and a word), got {vocab_size}.")
+            raise InvalidInputError(f"vocab_size must be at least 3 ([PAD], [UNK] and a word), got {vocab_size}.")
         if max_length < 1 or batch_size < 1:
-            raise ValueError(f"max_length and batch_size must be positive, got {max_length} and {batch_size}.")
+            raise InvalidInputError(f"max_length and batch_size must be positive, got {max_length} and {batch_size}.")
         self.save_hyperparameters()
         self.tokenizer = None
         self.datasets: dict[str, EncodedReviews] = {}
@@ -217,7 +218,7 @@ class IMDBDataModule(L.LightningDataModule):
                 raw = datasets.load_dataset(str(local))
             except Exception as error:  # mismatched columns across files, unreadable parquet, ...
                 cause = error.__cause__ or error
-                raise ValueError(
+                raise InvalidInputError(
                     f"Could not read the IMDB data at {local}: {type(cause).__name__}: "
                     f"{' '.join(str(cause).split())[:300]}. Expected the hub's parquet layout: "
                     "plain_text/train-*.parquet and plain_text/test-*.parquet, each with a string column "
@@ -227,7 +228,7 @@ class IMDBDataModule(L.LightningDataModule):
             try:
                 raw = datasets.load_dataset(HUB_NAME)
             except Exception as error:  # offline, hub down, no such dataset: one clear message
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"IMDB data was not found at {local} and could not be loaded from the Hugging Face hub "
                     f"({HUB_NAME}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
                     f"Put the dataset there in the hub's parquet layout (plain_text/train-*.parquet and "
@@ -237,24 +238,32 @@ class IMDBDataModule(L.LightningDataModule):
         where = local if local.is_dir() else HUB_NAME
         for split in ("train", "test"):
             if split not in raw:
-                raise ValueError(f"IMDB data at {where} has no '{split}' split (found {sorted(raw)}). "
-                                 "Expected plain_text/train-*.parquet and plain_text/test-*.parquet.")
+                raise InvalidInputError(
+                    f"IMDB data at {where} has no '{split}' split (found {sorted(raw)}). "
+                    "Expected plain_text/train-*.parquet and plain_text/test-*.parquet."
+                )
             missing = {"text", "label"} - set(raw[split].column_names)
             if missing:
-                raise ValueError(f"IMDB data at {where}: the {split} split lacks column(s) {sorted(missing)} "
-                                 f"(it has {raw[split].column_names}). Each parquet file needs a string column "
-                                 "'text' and an integer column 'label' (0 negative, 1 positive).")
+                raise InvalidInputError(
+                    f"IMDB data at {where}: the {split} split lacks column(s) {sorted(missing)} "
+                    f"(it has {raw[split].column_names}). Each parquet file needs a string column "
+                    "'text' and an integer column 'label' (0 negative, 1 positive)."
+                )
             labels = set(raw[split].unique("label"))
             if not labels <= {0, 1}:
-                raise ValueError(f"IMDB data at {where}: the {split} split has labels {sorted(labels)}; "
-                                 "expected only 0 (negative) and 1 (positive).")
+                raise InvalidInputError(
+                    f"IMDB data at {where}: the {split} split has labels {sorted(labels)}; "
+                    "expected only 0 (negative) and 1 (positive)."
+                )
         return raw
 
     def _split(self, train):
         n = len(train)
         if not 0 < self.hparams.val_size < n:
-            raise ValueError(f"val_size must lie in [1, {n - 1}] (the training split has {n} reviews), "
-                             f"got {self.hparams.val_size}.")
+            raise InvalidInputError(
+                f"val_size must lie in [1, {n - 1}] (the training split has {n} reviews), "
+                f"got {self.hparams.val_size}."
+            )
         order = np.random.default_rng(self.hparams.seed).permutation(n)
         val_index = np.sort(order[: self.hparams.val_size])
         train_index = np.sort(order[self.hparams.val_size:])
@@ -289,7 +298,7 @@ class IMDBDataModule(L.LightningDataModule):
         else:
             tokenizer = build_tokenizer(train["text"], self.hparams.vocab_size, self.hparams.min_frequency)
             cache.mkdir(parents=True, exist_ok=True)
-            partial = tokenizer_file.with_suffix(".part")
+            partial = private_partial(tokenizer_file)
             tokenizer.save(str(partial))
             partial.replace(tokenizer_file)
         encoder = _Encoder(tokenizer.to_str())
@@ -347,11 +356,13 @@ class IMDBDataModule(L.LightningDataModule):
 def read_reviews(path: str | None) -> list[str]:
     """Reviews to classify: one per line of a text file, or the ``text`` of each line of a JSONL file."""
     if not path:
-        raise ValueError("predict needs reviews: set data.predict_path to a text file (one review per line) "
-                         "or a .jsonl file of {\"text\": ...} objects.")
+        raise InvalidInputError(
+            "predict needs reviews: set data.predict_path to a text file (one review per line) "
+            "or a .jsonl file of {\"text\": ...} objects."
+        )
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"data.predict_path {file} does not exist. Give a text file with one review per "
+        raise MissingInputError(f"data.predict_path {file} does not exist. Give a text file with one review per "
                                 "line, or a .jsonl file of {\"text\": ...} objects.")
     lines = file.read_text(encoding="utf-8").splitlines()
     if file.suffix != ".jsonl":
@@ -364,8 +375,12 @@ def read_reviews(path: str | None) -> list[str]:
             record = json.loads(line)
             texts.append(record["text"] if isinstance(record, dict) else record)
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{file}, line {number}: expected a JSON object with a \"text\" field, got "
-                             f"{line[:80]!r}.") from None
+            raise InvalidInputError(
+                f"{file}, line {number}: expected a JSON object with a \"text\" field, got "
+                f"{line[:80]!r}."
+            ) from None
         if not isinstance(texts[-1], str):
-            raise ValueError(f"{file}, line {number}: \"text\" must be a string, got {type(texts[-1]).__name__}.")
+            raise InvalidInputError(
+                f"{file}, line {number}: \"text\" must be a string, got {type(texts[-1]).__name__}."
+            )
     return texts

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.paths import data_dir, fetch
+from seqmodels.errors import InvalidInputError, MissingInputError
 
 
 def windows(values: torch.Tensor, first_target: int, end: int, window: int, horizon: int) -> TensorDataset:
@@ -43,7 +44,7 @@ class _SeriesDataModule(L.LightningDataModule):
         super().__init__()
         for name, value in (("window", window), ("horizon", horizon), ("batch_size", batch_size)):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}.")
+                raise InvalidInputError(f"{name} must be >= 1, got {value}.")
         self.window, self.horizon, self.batch_size = window, horizon, batch_size
         self.val_size, self.test_size = val_size, test_size
         self.values: torch.Tensor | None = None  # the whole series, in its own units
@@ -61,7 +62,7 @@ class _SeriesDataModule(L.LightningDataModule):
         val_start, test_start = self.boundaries
         needed = self.window + self.horizon
         if val_start < needed:
-            raise ValueError(
+            raise InvalidInputError(
                 f"The series has {len(self.values)} values; with val_size={self.val_size} and "
                 f"test_size={self.test_size} only {max(val_start, 0)} remain for training, fewer than "
                 f"window + horizon = {needed}. Use a longer series, a smaller window, or smaller splits."
@@ -100,7 +101,7 @@ class SineWaveDataModule(_SeriesDataModule):
                  test_size: int = 200) -> None:
         super().__init__(window, horizon, batch_size, val_size, test_size)
         if period <= 0 or not math.isfinite(period):
-            raise ValueError(f"period must be a positive number of steps, got {period}.")
+            raise InvalidInputError(f"period must be a positive number of steps, got {period}.")
         self.num_points, self.period, self.noise, self.seed = num_points, period, noise, seed
 
     def load_values(self) -> torch.Tensor:
@@ -118,18 +119,22 @@ def read_series_csv(path: Path, column: str | None, date_column: str | None) -> 
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     if not rows or not rows[0]:
-        raise ValueError(f"{path} is empty; expected a header row and one row per time step.")
+        raise InvalidInputError(f"{path} is empty; expected a header row and one row per time step.")
     header = [name.strip() for name in rows[0]]
     body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
     if column is None:
         column = header[-1]
     if column not in header:
-        raise ValueError(f"{path} has no column {column!r}; its columns are {header}. Set data.column to one of them.")
+        raise InvalidInputError(
+            f"{path} has no column {column!r}; its columns are {header}. Set data.column to one of them."
+        )
     if date_column is None:
         date_column = next((name for name in header if name.lower() in DATE_NAMES and name != column), None)
     elif date_column not in header:
-        raise ValueError(f"{path} has no date column {date_column!r}; its columns are {header}. "
-                         "Set data.date_column to one of them, or leave it unset.")
+        raise InvalidInputError(
+            f"{path} has no date column {date_column!r}; its columns are {header}. "
+            "Set data.date_column to one of them, or leave it unset."
+        )
     index = header.index(column)
     values, bad = [], []
     for line, row in enumerate(body, start=2):  # line 1 is the header
@@ -143,8 +148,10 @@ def read_series_csv(path: Path, column: str | None, date_column: str | None) -> 
             bad.append(f"line {line}: {cell!r}")
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(f"{path}: column {column!r} has missing or non-numeric values at {shown}. "
-                         "Fill or remove those rows.")
+        raise InvalidInputError(
+            f"{path}: column {column!r} has missing or non-numeric values at {shown}. "
+            "Fill or remove those rows."
+        )
     dates = [row[header.index(date_column)].strip() for row in body] if date_column else None
     return torch.tensor(values, dtype=torch.float32), dates
 
@@ -194,7 +201,7 @@ class SeriesDataModule(_SeriesDataModule):
         if self.path:
             path = Path(self.path)
             if not path.is_file():
-                raise FileNotFoundError(f"Series file {path} does not exist. Check data.path.")
+                raise MissingInputError(f"Series file {path} does not exist. Check data.path.")
             return path
         return fetch(data_dir(self.data_dir) / "airline" / "airline-passengers.csv", AIRLINE_URL,
                      "The airline-passengers series")

@@ -12,6 +12,7 @@ version's ``last.ckpt`` and keeps logging into that same version.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +21,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from seqmodels.training import CheckpointError, RandomState, SafeCheckpointIO, TrainingGuard, load_checkpoint
+from seqmodels.errors import InputError
+from seqmodels.training import NonFiniteLossError, RandomState, SafeCheckpointIO, TrainingGuard, load_checkpoint
 
 LOG_ROOT = Path("lightning_logs")
 
@@ -39,6 +41,18 @@ def find_last_checkpoint(run_name: str, root: Path = LOG_ROOT) -> tuple[Path, in
         )
     version, path = max(found)
     return path, version
+
+
+class _LogHyperparameters(L.Callback):
+    """Logs extra hyperparameters once fitting starts: after the data has loaded, so that bad
+    input leaves no run folder behind."""
+
+    def __init__(self, hyperparameters: dict) -> None:
+        self.hyperparameters = hyperparameters
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams(self.hyperparameters)
 
 
 class SeqCLI(LightningCLI):
@@ -95,6 +109,8 @@ class SeqCLI(LightningCLI):
                 save_dir=LOG_ROOT, name=config["run_name"], version=self._resume_version, default_hp_metric=False
             )
         trainer = super().instantiate_trainer(**kwargs)
+        log_dir = getattr(trainer.logger, "log_dir", None)
+        self._new_run_dir = Path(log_dir) if log_dir and not Path(log_dir).exists() else None
         trainer.strategy.checkpoint_io = SafeCheckpointIO()
         # last.ckpt after every validation: ModelCheckpoint(save_last=True) refreshes it only when
         # a new best is saved, so "--ckpt_path last" could silently resume from an old epoch.
@@ -102,15 +118,23 @@ class SeqCLI(LightningCLI):
                                                                  enable_version_counter=False)])
         return trainer
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except InputError:
+            # Lightning creates the run folder before the data is read; bad input should not leave
+            # an empty run behind to clutter TensorBoard and shift version numbers.
+            run = self._new_run_dir
+            if run is not None and run.is_dir() and not any(run.rglob("*.ckpt")) and self.trainer.is_global_zero:
+                shutil.rmtree(run, ignore_errors=True)
+            raise
+
     def _check_checkpoint(self) -> None:
         """Refuse, with one clear message, a checkpoint that is unsafe, unreadable or of another model."""
         path = self._active(self.config).get("ckpt_path")
         if not path or path in ("best", "hpc", "registry"):
             return
-        try:
-            checkpoint = load_checkpoint(path)
-        except CheckpointError as error:
-            raise SystemExit(f"error: {error}") from None
+        checkpoint = load_checkpoint(path)
         saved = checkpoint["state_dict"]
         expected = self.model.state_dict()
         if saved.keys() != expected.keys() or any(saved[k].shape != v.shape for k, v in expected.items()):
@@ -147,9 +171,13 @@ class SeqCLI(LightningCLI):
             if config.get(key):
                 extra[key] = config[key].class_path
                 extra.update({f"{key}.{k}": v for k, v in vars(config[key].get("init_args", {}) or {}).items()})
-        if extra and self.trainer.logger is not None:
-            self.trainer.logger.log_hyperparams(extra)
+        if extra:
+            self.trainer.callbacks.append(_LogHyperparameters(extra))
 
 
 def main(args: list[str] | None = None) -> None:
-    SeqCLI(args=args)
+    try:
+        SeqCLI(args=args)
+    except (InputError, NonFiniteLossError) as error:
+        # The message says what was wrong and how to fix it; a traceback would only bury it.
+        raise SystemExit(f"error: {error}") from None

@@ -17,8 +17,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import grad_norm
 
+from seqmodels.errors import InvalidInputError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(InvalidInputError):
     """A checkpoint file that cannot or must not be loaded."""
 
 
@@ -32,10 +34,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Pass the path of a .ckpt file, or 'last' to resume "
                               "the newest run of this run_name.")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or corrupt: it is not a PyTorch checkpoint archive (or is one "
+            "written by torch < 1.6). Use another checkpoint, e.g. an earlier best-*.ckpt of the same run."
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).split("\n\n")[-1].strip().splitlines()[0] if str(error) else "not plain data"
+        # Most of torch's message is advice to turn the safety off; keep the line that names the object.
+        lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "global" in line]
+        reason = lines[0] if lines else "not plain data"
         raise CheckpointError(
             f"Refusing to load checkpoint {path}: it holds pickled Python objects, not just tensors and plain data "
             f"({reason}). seqmodels loads checkpoints with weights_only=True only; re-save it from trusted code "

@@ -55,6 +55,18 @@ def test_config_typo_is_rejected_before_anything_is_written(in_tmp):
     assert not (in_tmp / "lightning_logs").exists()
 
 
+def test_bad_input_is_one_paragraph_without_a_traceback_and_leaves_no_run_behind(in_tmp):
+    (in_tmp / "notes.txt").write_bytes("na\u00efve\n".encode("latin-1") * 200)
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "fit", "--config",
+                             str(CONFIGS / "shakespeare_lstm.yaml"), "--data.path", "notes.txt",
+                             "--data.cache_dir", "cache", *QUIET], capture_output=True, text=True, cwd=in_tmp)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "notes.txt is not UTF-8 text: byte 2 (0xef)" in last and "iconv" in last
+    assert not (in_tmp / "lightning_logs").exists()
+
+
 @pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("impl", ["native", "scratch"])
 def test_every_backbone_plugs_into_the_forecaster(in_tmp, cell, impl):

@@ -14,6 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
 from seqmodels.backbones import Backbone
+from seqmodels.errors import InvalidInputError
 from seqmodels.tasks.outputs import output_file
 
 Pooling = Literal["last", "mean", "max"]
@@ -69,13 +70,13 @@ class SequenceClassifier(L.LightningModule):
                  labels: list[str] | None = None) -> None:
         super().__init__()
         if pooling not in ("last", "mean", "max"):
-            raise ValueError(f"pooling must be 'last', 'mean' or 'max', got {pooling!r}.")
+            raise InvalidInputError(f"pooling must be 'last', 'mean' or 'max', got {pooling!r}.")
         if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+            raise InvalidInputError(f"num_classes must be at least 2, got {num_classes}.")
         labels = list(labels) if labels is not None else (["negative", "positive"] if num_classes == 2 else
                                                           [str(i) for i in range(num_classes)])
         if len(labels) != num_classes:
-            raise ValueError(f"labels names {len(labels)} classes but num_classes is {num_classes}.")
+            raise InvalidInputError(f"labels names {len(labels)} classes but num_classes is {num_classes}.")
         self.save_hyperparameters()
         self.output_path: str | None = None  # where predict writes; the CLI's --output
         self.labels = labels
@@ -130,8 +131,10 @@ class SequenceClassifier(L.LightningModule):
         tokenizer = getattr(datamodule, "tokenizer", None)
         if stage == "fit" and tokenizer is not None:
             if tokenizer.get_vocab_size() > self.hparams.vocab_size:
-                raise ValueError(f"The tokenizer has {tokenizer.get_vocab_size()} tokens but the model's embedding "
-                                 f"has {self.hparams.vocab_size} rows; set model.vocab_size to data.vocab_size.")
+                raise InvalidInputError(
+                    f"The tokenizer has {tokenizer.get_vocab_size()} tokens but the model's embedding "
+                    f"has {self.hparams.vocab_size} rows; set model.vocab_size to data.vocab_size."
+                )
             self.tokenizer = tokenizer
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmodels.backbones import Backbone
+from seqmodels.errors import InvalidInputError
 from seqmodels.tasks.outputs import output_file
 
 
@@ -46,7 +47,7 @@ class CharLanguageModel(L.LightningModule):
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.backbone = backbone(embedding_dim)
         if self.backbone.num_directions != 1:
-            raise ValueError("A language model's backbone must be unidirectional: set bidirectional false.")
+            raise InvalidInputError("A language model's backbone must be unidirectional: set bidirectional false.")
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.output_size, vocab_size)
         self.vocabulary = None
@@ -102,8 +103,10 @@ class CharLanguageModel(L.LightningModule):
         vocabulary = getattr(datamodule, "vocabulary", None)
         if stage == "fit" and vocabulary is not None:
             if len(vocabulary) != self.hparams.vocab_size:
-                raise ValueError(f"The data has {len(vocabulary)} characters but the model's vocab_size is "
-                                 f"{self.hparams.vocab_size}; link model.vocab_size to data.vocab_size.")
+                raise InvalidInputError(
+                    f"The data has {len(vocabulary)} characters but the model's vocab_size is "
+                    f"{self.hparams.vocab_size}; link model.vocab_size to data.vocab_size."
+                )
             self.vocabulary = vocabulary
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -133,14 +136,18 @@ class CharLanguageModel(L.LightningModule):
             raise RuntimeError("This model has no vocabulary: train it on a CharTextDataModule or load it from such "
                                "a run's checkpoint before generating.")
         if length < 0 or temperature < 0 or (top_k is not None and top_k < 1):
-            raise ValueError(f"length and temperature must be >= 0 and top_k >= 1, got {length}, {temperature}, {top_k}.")
+            raise InvalidInputError(
+                f"length and temperature must be >= 0 and top_k >= 1, got {length}, {temperature}, {top_k}."
+            )
         if not prompt:
-            raise ValueError("The prompt is empty; give at least one character (for example a newline).")
+            raise InvalidInputError("The prompt is empty; give at least one character (for example a newline).")
         unknown = self.vocabulary.unknown(prompt)
         if len(set(prompt)) == len(unknown):
-            raise ValueError(f"None of the prompt's characters are in the model's vocabulary: {unknown}. The "
-                             f"vocabulary has {len(self.vocabulary) - 1} characters, e.g. "
-                             f"{self.vocabulary.chars[1:40]!r}.")
+            raise InvalidInputError(
+                f"None of the prompt's characters are in the model's vocabulary: {unknown}. The "
+                f"vocabulary has {len(self.vocabulary) - 1} characters, e.g. "
+                f"{self.vocabulary.chars[1:40]!r}."
+            )
         generator = torch.Generator(device=self.device)
         generator.manual_seed(torch.initial_seed() if seed is None else seed)
         was_training = self.training
