@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from seqmodels.backbones import Backbone
+from seqmodels.errors import InvalidInputError
 from seqmodels.tasks.outputs import output_file
 
 
@@ -43,12 +44,14 @@ class Forecaster(L.LightningModule):
         super().__init__()
         differences = list(differences or [])
         if horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {horizon}.")
+            raise InvalidInputError(f"horizon must be >= 1, got {horizon}.")
         if any(lag < 1 for lag in differences):
-            raise ValueError(f"differences must be positive lags, got {differences}.")
+            raise InvalidInputError(f"differences must be positive lags, got {differences}.")
         if differences and horizon != 1:
-            raise ValueError(f"Differencing ({differences}) forecasts one step at a time; set horizon=1 "
-                             f"(got {horizon}) and use forecast() for several steps.")
+            raise InvalidInputError(
+                f"Differencing ({differences}) forecasts one step at a time; set horizon=1 "
+                f"(got {horizon}) and use forecast() for several steps."
+            )
         self.save_hyperparameters()
         self.output_path: str | None = None  # where predict writes; the CLI's --output
         self.differences = differences
@@ -82,8 +85,10 @@ class Forecaster(L.LightningModule):
             values = train_values if all_values is None else all_values
             bad = (values <= 0).nonzero().flatten().tolist()
             if bad:
-                raise ValueError(f"log=True needs positive values, but the series has {len(bad)} values <= 0 "
-                                 f"(at positions {bad[:5]}). Set model.log false or shift the series.")
+                raise InvalidInputError(
+                    f"log=True needs positive values, but the series has {len(bad)} values <= 0 "
+                    f"(at positions {bad[:5]}). Set model.log false or shift the series."
+                )
         z = self._levels(train_values)[-1]
         self.mean.fill_(z.mean())
         self.std.fill_(z.std().clamp_min(1e-8))
@@ -123,7 +128,9 @@ class Forecaster(L.LightningModule):
         series = history.unsqueeze(0) if squeeze else history
         context = int(self.context) or series.shape[1]
         if series.shape[1] < context:
-            raise ValueError(f"forecast needs at least {context} past values (the training window), got {series.shape[1]}.")
+            raise InvalidInputError(
+                f"forecast needs at least {context} past values (the training window), got {series.shape[1]}."
+            )
         predictions = []
         for _ in range(steps):
             nxt = self.predict_next(series[:, -context:])[:, :1]
@@ -151,7 +158,7 @@ class Forecaster(L.LightningModule):
         predictions = self._to_raw(scaled, inputs)
         self.val_rmse(predictions, targets)
         self.val_mae(predictions, targets)
-        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(targets), sync_dist=True)
         self.log_dict({"val/rmse": self.val_rmse, "val/mae": self.val_mae}, prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -160,7 +167,7 @@ class Forecaster(L.LightningModule):
         self.test_rmse(predictions, targets)
         self.test_mae(predictions, targets)
         self._test_predictions.append(predictions[:, 0].detach().cpu())
-        self.log("test/loss", loss)
+        self.log("test/loss", loss, batch_size=len(targets), sync_dist=True)
         self.log_dict({"test/rmse": self.test_rmse, "test/mae": self.test_mae})
 
     def on_test_epoch_start(self) -> None:
@@ -174,10 +181,12 @@ class Forecaster(L.LightningModule):
         values = datamodule.values.to(self.device)
         truth = values[test_start:]
         multistep = self.forecast(values[:test_start], len(truth))
-        self.log("test/rmse_multistep", (multistep - truth).pow(2).mean().sqrt())
-        self.log("test/mae_multistep", (multistep - truth).abs().mean())
-        one_step = torch.cat(self._test_predictions) if self._test_predictions else None
-        self._plot(values.cpu(), test_start, one_step, multistep.cpu())
+        # Every process forecasts the whole test span from the same history, so these agree across processes.
+        self.log("test/rmse_multistep", (multistep - truth).pow(2).mean().sqrt(), sync_dist=True)
+        self.log("test/mae_multistep", (multistep - truth).abs().mean(), sync_dist=True)
+        if self.trainer.is_global_zero:  # one writer for forecast.png
+            one_step = torch.cat(self._test_predictions) if self._test_predictions else None
+            self._plot(values.cpu(), test_start, one_step, multistep.cpu())
 
     def _plot(self, values: Tensor, test_start: int, one_step: Tensor | None, multistep: Tensor) -> None:
         import matplotlib
@@ -232,6 +241,6 @@ def backtest(model: Forecaster, values: Tensor, origins: range, steps: int) -> T
     errors = []
     for origin in origins:
         if origin + steps > len(values):
-            raise ValueError(f"origin {origin} + {steps} steps runs past the series' {len(values)} values.")
+            raise InvalidInputError(f"origin {origin} + {steps} steps runs past the series' {len(values)} values.")
         errors.append(model.forecast(values[:origin], steps) - values[origin : origin + steps])
     return torch.stack(errors)
