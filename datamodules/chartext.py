@@ -15,12 +15,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.paths import cache_dir, data_dir, fetch
+from datamodules.paths import cache_dir, data_dir, fetch, private_partial
 from datamodules.sharding import ShardedSampler, share, world
+from seqmodels.errors import InvalidInputError, MissingInputError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 UNKNOWN = "\ufffd"  # id 0: characters the training part never shows
-CHUNK = 1 << 24  # bytes decoded at a time: memory stays bounded whatever the file size
+CHUNK = 1 << 22  # bytes decoded at a time: memory stays bounded whatever the file size
 
 
 class Vocabulary:
@@ -29,7 +30,9 @@ class Vocabulary:
     def __init__(self, chars: str) -> None:
         self.chars = chars if chars.startswith(UNKNOWN) else UNKNOWN + chars.replace(UNKNOWN, "")
         codes = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
-        self._table = np.zeros(int(codes.max()) + 1, dtype=np.int64)
+        # Code point -> id, in the ids' own dtype; the extra last entry (0, unknown) stands for every
+        # code point beyond the largest known one.
+        self._table = np.zeros(int(codes.max()) + 2, dtype=self.dtype)
         self._table[codes] = np.arange(len(codes))
         self.index = {c: i for i, c in enumerate(self.chars)}
 
@@ -42,10 +45,7 @@ class Vocabulary:
 
     def encode_codes(self, codes: np.ndarray) -> np.ndarray:
         """Unicode code points -> ids (unknown characters -> 0)."""
-        ids = np.zeros(len(codes), dtype=self.dtype)
-        known = codes < len(self._table)
-        ids[known] = self._table[codes[known]]
-        return ids
+        return self._table[np.minimum(codes, len(self._table) - 1)]
 
     def encode(self, text: str) -> list[int]:
         return [self.index.get(c, 0) for c in text]
@@ -57,26 +57,36 @@ class Vocabulary:
         return sorted({c for c in text if c not in self.index or c == UNKNOWN})
 
 
-def _decoded_chunks(path: Path) -> Iterator[str]:
-    """The file's text in pieces of about ``CHUNK`` bytes; a non-UTF-8 file is a clear error."""
+def _decoded_chunks(path: Path) -> Iterator[tuple[int, str]]:
+    """The file's text in pieces of about ``CHUNK`` bytes, each with the byte offset where it
+    starts; a file that is not UTF-8 is a clear error naming the byte."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     with open(path, "rb") as f:
         while True:
             block = f.read(CHUNK)
-            final = not block
+            pending = decoder.getstate()[0]  # a character cut by the previous block's end
             try:
-                text = decoder.decode(block, final=final)
+                text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"{path} is not UTF-8 text: byte {offset + error.start} (0x{block[error.start]:02x}) cannot "
+                where = offset - len(pending) + error.start
+                raise InvalidInputError(
+                    f"{path} is not UTF-8 text: byte {where} (0x{(pending + block)[error.start]:02x}) cannot "
                     f"be decoded ({error.reason}). Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name}`."
                 ) from None
             if text:
-                yield text
-            if final:
+                yield offset - len(pending), text
+            if not block:
                 return
             offset += len(block)
+
+
+def _text_at(path: Path, start: int, count: int) -> str:
+    """``count`` characters of ``path`` from byte ``start`` (a chunk's start, at most one chunk)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(CHUNK + 4)
+    return codecs.getincrementaldecoder("utf-8")().decode(data)[:count]
 
 
 def _codes(text: str) -> np.ndarray:
@@ -84,33 +94,37 @@ def _codes(text: str) -> np.ndarray:
 
 
 def encode_file(path: Path, out: Path, val_fraction: float) -> tuple[Vocabulary, int, int]:
-    """Encode ``path`` into the raw id array ``out``; returns the vocabulary, the character count
-    and where validation starts. Two passes over the file, so memory is bounded by ``CHUNK``:
-    the first counts characters per chunk and finds the training part's character set, the
-    second writes ids."""
-    lengths, counts = [], []
-    for text in _decoded_chunks(path):
+    """Encode ``path`` into the ``.npy`` id array ``out``; returns the vocabulary, the character
+    count and where validation starts.
+
+    Two passes over the file, each holding one ``CHUNK`` at a time: the first counts characters
+    and collects each chunk's character set, the second writes ids. Only when the chunk holding
+    the split shows characters no earlier chunk did is its training part decoded again. Ids go
+    out through plain writes rather than a writable memory map, so the process never holds the
+    output's pages.
+    """
+    starts, lengths, charsets = [], [], []
+    for start, text in _decoded_chunks(path):
         codes = _codes(text)
+        starts.append(start)
         lengths.append(len(codes))
-        counts.append(np.unique(codes) if codes.max() >= 1 << 16 else np.flatnonzero(np.bincount(codes)))
+        present = np.unique(codes) if codes.max() >= 1 << 16 else np.flatnonzero(np.bincount(codes))
+        charsets.append(set(present.tolist()))
     total = sum(lengths)
     split = total - int(round(total * val_fraction))
     seen, position = set(), 0
-    for i, text in enumerate(_decoded_chunks(path)):
-        if position + lengths[i] <= split:
-            seen.update(counts[i].tolist())
-        elif position < split:
-            seen.update(np.unique(_codes(text[: split - position])).tolist())
-        position += lengths[i]
+    for start, length, charset in zip(starts, lengths, charsets):
+        if position + length <= split:
+            seen |= charset
+        elif position < split and not charset <= seen:
+            seen |= set(np.unique(_codes(_text_at(path, start, split - position))).tolist())
+        position += length
     vocabulary = Vocabulary("".join(chr(c) for c in sorted(seen)))
-    ids = np.lib.format.open_memmap(out, mode="w+", dtype=vocabulary.dtype, shape=(total,))
-    position = 0
-    for text in _decoded_chunks(path):
-        codes = _codes(text)
-        ids[position: position + len(codes)] = vocabulary.encode_codes(codes)
-        position += len(codes)
-    ids.flush()
-    del ids
+    header = {"descr": np.lib.format.dtype_to_descr(vocabulary.dtype), "fortran_order": False, "shape": (total,)}
+    with open(out, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, header)
+        for _, text in _decoded_chunks(path):
+            f.write(vocabulary.encode_codes(_codes(text)).tobytes())
     return vocabulary, total, split
 
 
@@ -175,8 +189,10 @@ class Streams(Dataset):
     def __init__(self, ids: np.ndarray, start: int, stop: int, streams: int, seq_length: int) -> None:
         per_stream = (stop - start - 1) // streams
         if per_stream < 1:
-            raise ValueError(f"The validation part ({stop - start} characters) is too short for {streams} streams; "
-                             "lower data.batch_size or raise data.val_fraction.")
+            raise InvalidInputError(
+                f"The validation part ({stop - start} characters) is too short for {streams} streams; "
+                "lower data.batch_size or raise data.val_fraction."
+            )
         self.ids, self.start, self.streams, self.per_stream, self.seq_length = ids, start, streams, per_stream, seq_length
 
     def __len__(self) -> int:
@@ -217,10 +233,12 @@ class CharTextDataModule(L.LightningDataModule):
                  seed: int = 0, prompt: str = "\n", cache_dir: str | None = None, num_workers: int = 0) -> None:
         super().__init__()
         if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}.")
+            raise InvalidInputError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}.")
         if seq_length < 1 or batch_size < 1 or samples_per_epoch < 1:
-            raise ValueError("seq_length, batch_size and samples_per_epoch must be positive, got "
-                             f"{seq_length}, {batch_size} and {samples_per_epoch}.")
+            raise InvalidInputError(
+                "seq_length, batch_size and samples_per_epoch must be positive, got "
+                f"{seq_length}, {batch_size} and {samples_per_epoch}."
+            )
         self.save_hyperparameters()
         self.vocabulary: Vocabulary | None = None
         self.ids: np.ndarray | None = None
@@ -243,7 +261,7 @@ class CharTextDataModule(L.LightningDataModule):
         if path:
             file = Path(path)
             if not file.is_file():
-                raise FileNotFoundError(f"data.path {file} does not exist. Give a UTF-8 text file (or an http(s) URL).")
+                raise MissingInputError(f"data.path {file} does not exist. Give a UTF-8 text file (or an http(s) URL).")
             return file
         return fetch(data_dir(self.hparams.data_dir) / "tinyshakespeare" / "input.txt", SHAKESPEARE_URL, "Tiny Shakespeare")
 
@@ -255,7 +273,7 @@ class CharTextDataModule(L.LightningDataModule):
         source = self._source().resolve()
         stat = source.stat()
         if stat.st_size == 0:
-            raise ValueError(f"{source} is empty: a character model needs text to learn from.")
+            raise InvalidInputError(f"{source} is empty: a character model needs text to learn from.")
         key = hashlib.sha256(json.dumps([str(source), stat.st_size, stat.st_mtime_ns,
                                          self.hparams.val_fraction]).encode()).hexdigest()[:16]
         folder = cache_dir(self.hparams.cache_dir) / "chartext"
@@ -263,11 +281,11 @@ class CharTextDataModule(L.LightningDataModule):
         if meta_file.is_file() and array.is_file():
             return array, json.loads(meta_file.read_text(encoding="utf-8"))
         folder.mkdir(parents=True, exist_ok=True)
-        partial = array.with_name(array.stem + ".part.npy")
+        partial = private_partial(array)
         vocabulary, total, split = encode_file(source, partial, self.hparams.val_fraction)
         partial.replace(array)
         meta = {"source": str(source), "chars": vocabulary.chars, "length": total, "split": split}
-        meta_partial = meta_file.with_suffix(".part")
+        meta_partial = private_partial(meta_file)
         meta_partial.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
         meta_partial.replace(meta_file)  # written last: its presence means the array is complete
         return array, meta
@@ -282,7 +300,7 @@ class CharTextDataModule(L.LightningDataModule):
         need = self.hparams.seq_length + 1
         for part, size in (("training", self.split), ("validation", len(self.ids) - self.split)):
             if size < need:
-                raise ValueError(
+                raise InvalidInputError(
                     f"The {part} part of {meta['source']} has {size} characters, fewer than one window of "
                     f"seq_length + 1 = {need}. Use a longer text, a smaller data.seq_length, or another "
                     f"data.val_fraction (now {self.hparams.val_fraction}).")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules import chartext
 from datamodules.chartext import UNKNOWN, CharTextDataModule, Streams, Vocabulary
 from seqmodels import GRU, LSTM
 from seqmodels.cli import main
@@ -40,6 +41,21 @@ def test_large_vocabularies_use_wider_ids():
     assert vocabulary.dtype == np.uint16
     codes = np.frombuffer((chars + "a").encode("utf-32-le"), dtype=np.uint32)
     assert vocabulary.encode_codes(codes).tolist() == list(range(1, 301)) + [0]
+
+
+@pytest.mark.parametrize("chunk", [5, 7, 64, 1 << 22])
+@pytest.mark.parametrize("tail", ["ab", "Zé☃", "ab€"])
+def test_chunked_encoding_equals_encoding_the_whole_text(tmp_path, monkeypatch, chunk, tail):
+    """Chunks cut multi-byte characters, and the split may fall inside a chunk whose characters
+    before the split were never seen earlier: the result must not depend on the chunk size."""
+    text = "ab\nba " * 7 + "€ é" + "ba ab\n" * 3 + tail * 8  # the split falls inside the tails
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    monkeypatch.setattr(chartext, "CHUNK", chunk)
+    vocabulary, total, split = chartext.encode_file(tmp_path / "t.txt", tmp_path / "ids.npy", 0.2)
+    assert total == len(text) and split == len(text) - round(0.2 * len(text))
+    assert vocabulary.chars == UNKNOWN + "".join(sorted(set(text[:split])))
+    ids = np.load(tmp_path / "ids.npy", mmap_mode="r")
+    assert ids.tolist() == [vocabulary.index.get(c, 0) for c in text]
 
 
 def test_encoding_is_cached_and_memory_mapped(tmp_path):
