@@ -43,18 +43,6 @@ def find_last_checkpoint(run_name: str, root: Path = LOG_ROOT) -> tuple[Path, in
     return path, version
 
 
-class _LogHyperparameters(L.Callback):
-    """Logs extra hyperparameters once fitting starts: after the data has loaded, so that bad
-    input leaves no run folder behind."""
-
-    def __init__(self, hyperparameters: dict) -> None:
-        self.hyperparameters = hyperparameters
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.logger is not None:
-            trainer.logger.log_hyperparams(self.hyperparameters)
-
-
 class SeqCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("args", None)
@@ -127,6 +115,11 @@ class SeqCLI(LightningCLI):
             run = self._new_run_dir
             if run is not None and run.is_dir() and not any(run.rglob("*.ckpt")) and self.trainer.is_global_zero:
                 shutil.rmtree(run, ignore_errors=True)
+                for parent in (run.parent, run.parent.parent):  # lightning_logs/<run_name>, if now empty
+                    try:
+                        parent.rmdir()
+                    except OSError:
+                        break
             raise
 
     def _check_checkpoint(self) -> None:
@@ -171,8 +164,8 @@ class SeqCLI(LightningCLI):
             if config.get(key):
                 extra[key] = config[key].class_path
                 extra.update({f"{key}.{k}": v for k, v in vars(config[key].get("init_args", {}) or {}).items()})
-        if extra:
-            self.trainer.callbacks.append(_LogHyperparameters(extra))
+        if extra and self.trainer.logger is not None:
+            self.trainer.logger.log_hyperparams(extra)
 
 
 def main(args: list[str] | None = None) -> None:

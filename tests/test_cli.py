@@ -67,6 +67,18 @@ def test_bad_input_is_one_paragraph_without_a_traceback_and_leaves_no_run_behind
     assert not (in_tmp / "lightning_logs").exists()
 
 
+def test_bad_input_found_after_the_run_folder_exists_removes_that_folder(in_tmp):
+    (in_tmp / "series.csv").write_text("Month,Passengers\n" + "".join(f"19{i:02d}-01,{i + 1}\n" for i in range(99)))
+    main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), "--trainer.max_epochs", "1", *QUIET])
+    before = sorted(p for p in (in_tmp / "lightning_logs").rglob("*"))
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "fit", "--config", str(CONFIGS / "airline_gru.yaml"),
+                             "--data.path", "series.csv", "--data.column", "Sales", *QUIET],
+                            capture_output=True, text=True, cwd=in_tmp)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no column 'Sales'; its columns are ['Month', 'Passengers']" in result.stderr
+    assert sorted(p for p in (in_tmp / "lightning_logs").rglob("*")) == before  # the earlier run is untouched
+
+
 @pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("impl", ["native", "scratch"])
 def test_every_backbone_plugs_into_the_forecaster(in_tmp, cell, impl):
