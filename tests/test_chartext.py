@@ -114,6 +114,21 @@ def test_generation_carries_the_state_instead_of_rereading_the_prefix():
     assert model.vocabulary.decode(greedy.tolist()) == text
 
 
+def test_locked_dropout_drops_the_same_units_at_every_step_and_only_in_training():
+    model = CharLanguageModel(10, partial(LSTM, hidden_size=32), embedding_dim=4, dropout=0.5, locked_dropout=True)
+    seen = []
+    model.head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    ids = torch.randint(0, 10, (4, 12))
+    model.train()
+    model(ids)
+    zeros = seen[-1] == 0
+    assert torch.equal(zeros.all(dim=1), zeros.any(dim=1))  # a dropped unit is dropped for the whole window
+    assert 0.2 < zeros.all(dim=1).float().mean() < 0.8
+    model.eval()
+    model(ids)
+    assert not (seen[-1] == 0).all(dim=1).any()
+
+
 def test_prompts_of_unknown_characters_are_named():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"None of the prompt's characters .*\['X', 'Y'\]"):
