@@ -76,7 +76,7 @@ def message_of(stderr: str) -> str:
     notice) to the end of stderr, on one line."""
     lines = [line.rstrip() for line in stderr.strip().splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines)
-              if line.startswith(("error:", "usage:", "Detected KeyboardInterrupt", "--ckpt_path"))]
+              if line.startswith(("error:", "Detected KeyboardInterrupt"))]
     shown = lines[starts[-1]:] if starts else lines[-1:]
     return " ".join(line.strip() for line in shown if not line.lstrip().startswith("For more details"))
 

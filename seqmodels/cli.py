@@ -22,7 +22,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from seqmodels.errors import InputError
-from seqmodels.training import NonFiniteLossError, RandomState, SafeCheckpointIO, TrainingGuard, load_checkpoint
+from seqmodels.training import (
+    CheckpointError,
+    NonFiniteLossError,
+    RandomState,
+    SafeCheckpointIO,
+    TrainingGuard,
+    load_checkpoint,
+)
 
 LOG_ROOT = Path("lightning_logs")
 
@@ -35,7 +42,7 @@ def find_last_checkpoint(run_name: str, root: Path = LOG_ROOT) -> tuple[Path, in
         if match:
             found.append((int(match.group(1)), path))
     if not found:
-        raise SystemExit(
+        raise CheckpointError(
             f"--ckpt_path last: no checkpoint found under {root / run_name}/version_*/checkpoints/last.ckpt. "
             "Train this run first (fit with the same run_name), or pass the path of a .ckpt file."
         )
@@ -136,8 +143,8 @@ class SeqCLI(LightningCLI):
             missing = sorted(expected.keys() - saved.keys())[:4]
             shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                       if k in saved and saved[k].shape != v.shape][:4]
-            raise SystemExit(
-                f"error: checkpoint {path} does not fit the model this config builds: it was saved by {was}, the "
+            raise CheckpointError(
+                f"Checkpoint {path} does not fit the model this config builds: it was saved by {was}, the "
                 f"config builds {now}" + (f"; missing weights {missing}" if missing else "")
                 + (f"; different shapes {shapes}" if shapes else "")
                 + ". Use the config the checkpoint was trained with (its run folder has config.yaml)."

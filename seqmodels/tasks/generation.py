@@ -43,8 +43,8 @@ class CharLanguageModel(L.LightningModule):
     """
 
     def __init__(self, vocab_size: int, backbone: Callable[[int], Backbone], embedding_dim: int = 64,
-                 dropout: float = 0.0, locked_dropout: bool = False, lr: float = 2e-3, sample_length: int = 200, length: int = 500,
-                 temperature: float = 1.0, top_k: int | None = None) -> None:
+                 dropout: float = 0.0, locked_dropout: bool = False, lr: float = 2e-3, sample_length: int = 200,
+                 length: int = 500, temperature: float = 1.0, top_k: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
