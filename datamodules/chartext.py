@@ -15,46 +15,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.paths import cache_dir, data_dir, fetch, private_partial
+from datamodules.paths import cache_dir, data_dir, fetch
 from datamodules.sharding import ShardedSampler, share, world
 from seqmodels.errors import InvalidInputError, MissingInputError
+from seqmodels.files import atomic_path, atomic_write
+from seqmodels.preprocessing import CharVocabulary
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-UNKNOWN = "\ufffd"  # id 0: characters the training part never shows
 CHUNK = 1 << 22  # bytes decoded at a time: memory stays bounded whatever the file size
-
-
-class Vocabulary:
-    """Characters <-> ids. Id 0 is the unknown symbol; then the training text's characters, sorted."""
-
-    def __init__(self, chars: str) -> None:
-        self.chars = chars if chars.startswith(UNKNOWN) else UNKNOWN + chars.replace(UNKNOWN, "")
-        codes = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
-        # Code point -> id, in the ids' own dtype; the extra last entry (0, unknown) stands for every
-        # code point beyond the largest known one.
-        self._table = np.zeros(int(codes.max()) + 2, dtype=self.dtype)
-        self._table[codes] = np.arange(len(codes))
-        self.index = {c: i for i, c in enumerate(self.chars)}
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint8 if len(self) <= 256 else np.uint16 if len(self) <= 65536 else np.uint32)
-
-    def encode_codes(self, codes: np.ndarray) -> np.ndarray:
-        """Unicode code points -> ids (unknown characters -> 0)."""
-        return self._table[np.minimum(codes, len(self._table) - 1)]
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index.get(c, 0) for c in text]
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[i] for i in ids)
-
-    def unknown(self, text: str) -> list[str]:
-        return sorted({c for c in text if c not in self.index or c == UNKNOWN})
 
 
 def _decoded_chunks(path: Path) -> Iterator[tuple[int, str]]:
@@ -93,9 +61,9 @@ def _codes(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-def encode_file(path: Path, out: Path, val_fraction: float) -> tuple[Vocabulary, int, int]:
-    """Encode ``path`` into the ``.npy`` id array ``out``; returns the vocabulary, the character
-    count and where validation starts.
+def encode_file(path: Path, out: Path, holdout: float) -> tuple[CharVocabulary, int, int]:
+    """Encode ``path`` into the ``.npy`` id array ``out``; returns the vocabulary (of the first
+    ``1 - holdout`` of the characters), the character count and where the held-out part starts.
 
     Two passes over the file, each holding one ``CHUNK`` at a time: the first counts characters
     and collects each chunk's character set, the second writes ids. Only when the chunk holding
@@ -111,7 +79,7 @@ def encode_file(path: Path, out: Path, val_fraction: float) -> tuple[Vocabulary,
         present = np.unique(codes) if codes.max() >= 1 << 16 else np.flatnonzero(np.bincount(codes))
         charsets.append(set(present.tolist()))
     total = sum(lengths)
-    split = total - int(round(total * val_fraction))
+    split = total - int(round(total * holdout))
     seen, position = set(), 0
     for start, length, charset in zip(starts, lengths, charsets):
         if position + length <= split:
@@ -119,7 +87,7 @@ def encode_file(path: Path, out: Path, val_fraction: float) -> tuple[Vocabulary,
         elif position < split and not charset <= seen:
             seen |= set(np.unique(_codes(_text_at(path, start, split - position))).tolist())
         position += length
-    vocabulary = Vocabulary("".join(chr(c) for c in sorted(seen)))
+    vocabulary = CharVocabulary("".join(chr(c) for c in sorted(seen)))
     header = {"descr": np.lib.format.dtype_to_descr(vocabulary.dtype), "fortran_order": False, "shape": (total,)}
     with open(out, "wb") as f:
         np.lib.format.write_array_header_2_0(f, header)
@@ -212,45 +180,54 @@ class CharTextDataModule(L.LightningDataModule):
     """Characters of a UTF-8 text file, for next-character prediction.
 
     Data: ``path`` (a file or an http(s) URL); default ``<data_dir>/tinyshakespeare/input.txt``,
-    downloaded from karpathy/char-rnn's copy when missing and online. The first
-    ``1 - val_fraction`` of the characters train, the rest validate (the contiguous 90/10 split
-    the published Tiny Shakespeare numbers use). The vocabulary is the training part's sorted
-    characters plus an unknown symbol (id 0) for characters seen only later.
+    downloaded from karpathy/char-rnn's copy when missing and online. The text is cut in three
+    contiguous parts: the first ``1 - val_fraction - test_fraction`` of the characters train, then
+    validation, then test. The vocabulary (``preprocessor``, a
+    :class:`~seqmodels.preprocessing.CharVocabulary`) is the training part's sorted characters plus
+    an unknown symbol (id 0) for characters seen only later.
 
     The text is encoded once (two streaming passes, memory bounded) into a ``.npy`` array of
     uint8 or uint16 ids in ``cache_dir``, keyed by the file's path, size and modification time,
     and memory-mapped: a corpus of hundreds of MB trains in bounded memory.
 
     Training: ``samples_per_epoch`` windows of ``seq_length`` at random offsets each epoch
-    (seeded by ``seed`` and the epoch). Validation reads the whole validation part once as
+    (seeded by ``seed`` and the epoch). Validation and test read their part once as
     ``batch_size`` contiguous streams (:class:`Streams`); the model carries its state along them.
 
-    ``predict`` yields ``prompt``, from which the model generates text.
+    ``predict`` yields ``prompt`` (default: a newline, or the vocabulary's first character if
+    the text has no newline), from which the model generates text; it needs no text file when
+    the vocabulary came from a checkpoint.
     """
 
+    preprocessor_type = CharVocabulary
+
     def __init__(self, path: str | None = None, data_dir: str | None = None, seq_length: int = 128,
-                 batch_size: int = 64, samples_per_epoch: int = 12_800, val_fraction: float = 0.1,
-                 seed: int = 0, prompt: str = "\n", cache_dir: str | None = None, num_workers: int = 0) -> None:
+                 batch_size: int = 64, samples_per_epoch: int = 12_800, val_fraction: float = 0.05,
+                 test_fraction: float = 0.05, seed: int = 0, prompt: str | None = None, cache_dir: str | None = None,
+                 num_workers: int = 0) -> None:
         super().__init__()
-        if not 0 < val_fraction < 1:
-            raise InvalidInputError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}.")
+        if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise InvalidInputError(
+                f"val_fraction must lie in (0, 1), test_fraction in [0, 1) and their sum below 1, got "
+                f"{val_fraction} and {test_fraction}."
+            )
         if seq_length < 1 or batch_size < 1 or samples_per_epoch < 1:
             raise InvalidInputError(
                 "seq_length, batch_size and samples_per_epoch must be positive, got "
                 f"{seq_length}, {batch_size} and {samples_per_epoch}."
             )
         self.save_hyperparameters()
-        self.vocabulary: Vocabulary | None = None
+        self.preprocessor: CharVocabulary | None = None
         self.ids: np.ndarray | None = None
-        self.split = 0
+        self.split = self.test_start = 0
 
     @property
     def vocab_size(self) -> int:
-        """Rows of the model's embedding table (linked to ``model.vocab_size``): the vocabulary
-        needs the data, so :meth:`setup` runs here if it has not yet."""
-        if self.vocabulary is None:
+        """Rows of the model's embedding table (linked to ``model.vocab_size``): the vocabulary's size,
+        read from the text (:meth:`setup` runs here) unless a checkpoint brought the vocabulary."""
+        if self.preprocessor is None:
             self.setup("fit")
-        return len(self.vocabulary)
+        return len(self.preprocessor)
 
     def _source(self) -> Path:
         path = self.hparams.path
@@ -266,7 +243,12 @@ class CharTextDataModule(L.LightningDataModule):
         return fetch(data_dir(self.hparams.data_dir) / "tinyshakespeare" / "input.txt", SHAKESPEARE_URL, "Tiny Shakespeare")
 
     def prepare_data(self) -> None:
-        self._encoded()
+        if self.trainer is None or self.trainer.state.fn != "predict":
+            self._encoded()
+
+    @property
+    def _holdout(self) -> float:
+        return self.hparams.val_fraction + self.hparams.test_fraction
 
     def _encoded(self) -> tuple[Path, dict]:
         """The cached id array and its metadata, encoding the file if needed."""
@@ -275,35 +257,47 @@ class CharTextDataModule(L.LightningDataModule):
         if stat.st_size == 0:
             raise InvalidInputError(f"{source} is empty: a character model needs text to learn from.")
         key = hashlib.sha256(json.dumps([str(source), stat.st_size, stat.st_mtime_ns,
-                                         self.hparams.val_fraction]).encode()).hexdigest()[:16]
+                                         self._holdout]).encode()).hexdigest()[:16]
         folder = cache_dir(self.hparams.cache_dir) / "chartext"
         array, meta_file = folder / f"{source.stem}-{key}.npy", folder / f"{source.stem}-{key}.json"
         if meta_file.is_file() and array.is_file():
             return array, json.loads(meta_file.read_text(encoding="utf-8"))
         folder.mkdir(parents=True, exist_ok=True)
-        partial = private_partial(array)
-        vocabulary, total, split = encode_file(source, partial, self.hparams.val_fraction)
-        partial.replace(array)
+        with atomic_path(array) as partial:
+            vocabulary, total, split = encode_file(source, partial, self._holdout)
         meta = {"source": str(source), "chars": vocabulary.chars, "length": total, "split": split}
-        meta_partial = private_partial(meta_file)
-        meta_partial.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-        meta_partial.replace(meta_file)  # written last: its presence means the array is complete
+        # Written last: its presence means the array is complete.
+        atomic_write(meta_file, lambda f: f.write(json.dumps(meta, ensure_ascii=False)))
         return array, meta
 
     def setup(self, stage: str) -> None:
+        if stage == "predict" and self.preprocessor is not None:
+            return  # generation needs the vocabulary only, not the text
         if self.ids is not None:
             return
         array, meta = self._encoded()
-        self.vocabulary = Vocabulary(meta["chars"])
+        fitted = CharVocabulary(meta["chars"])
+        if self.preprocessor is None:
+            self.preprocessor = fitted
+        elif self.preprocessor != fitted:
+            print("The vocabulary comes from the checkpoint; characters it lacks read as the unknown symbol.")
         self.ids = np.load(array, mmap_mode="r")
+        if self.preprocessor != fitted:  # the cache's ids -> the checkpoint's ids, one table lookup
+            self.ids = self.preprocessor.encode_codes(_codes(fitted.chars))[self.ids]
         self.split = meta["split"]
+        total = len(self.ids)
+        self.test_start = total - int(round(total * self.hparams.test_fraction))
         need = self.hparams.seq_length + 1
-        for part, size in (("training", self.split), ("validation", len(self.ids) - self.split)):
+        parts = [("training", self.split), ("validation", self.test_start - self.split)]
+        if self.hparams.test_fraction:
+            parts.append(("test", total - self.test_start))
+        for part, size in parts:
             if size < need:
                 raise InvalidInputError(
                     f"The {part} part of {meta['source']} has {size} characters, fewer than one window of "
-                    f"seq_length + 1 = {need}. Use a longer text, a smaller data.seq_length, or another "
-                    f"data.val_fraction (now {self.hparams.val_fraction}).")
+                    f"seq_length + 1 = {need}. Use a longer text, a smaller data.seq_length, or other "
+                    f"data.val_fraction / data.test_fraction (now {self.hparams.val_fraction} / "
+                    f"{self.hparams.test_fraction}).")
 
     def train_dataloader(self) -> DataLoader:
         windows = Windows(self.ids, 0, self.split, self.hparams.seq_length)
@@ -311,12 +305,19 @@ class CharTextDataModule(L.LightningDataModule):
         return DataLoader(windows, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
 
-    def val_dataloader(self) -> DataLoader:
-        streams = Streams(self.ids, self.split, len(self.ids), self.hparams.batch_size, self.hparams.seq_length)
+    def _streams(self, start: int, stop: int) -> DataLoader:
+        streams = Streams(self.ids, start, stop, self.hparams.batch_size, self.hparams.seq_length)
         return DataLoader(streams, batch_size=None, sampler=EveryBlock(len(streams)))
 
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader([self.hparams.prompt], batch_size=None)
+    def val_dataloader(self) -> DataLoader:
+        return self._streams(self.split, self.test_start)
 
-    def state_dict(self) -> dict:
-        return {"chars": self.vocabulary.chars} if self.vocabulary is not None else {}
+    def test_dataloader(self) -> DataLoader:
+        if not self.hparams.test_fraction:
+            raise InvalidInputError("This text has no test part: data.test_fraction is 0. Set it (e.g. 0.05) and "
+                                    "retrain, since the training part must not overlap it.")
+        return self._streams(self.test_start, len(self.ids))
+
+    def predict_dataloader(self) -> DataLoader:
+        prompt = self.hparams.prompt
+        return DataLoader([self.preprocessor.default_prompt() if prompt is None else prompt], batch_size=None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -15,61 +14,42 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.paths import cache_dir, data_dir, private_partial
+from datamodules.paths import cache_dir, data_dir
 from datamodules.sharding import ShardedSampler, share, world
 from seqmodels.errors import InvalidInputError, MissingInputError
+from seqmodels.files import atomic_write
+from seqmodels.preprocessing import WordTokenizer
 
 HUB_NAME = "stanfordnlp/imdb"
-PAD, UNK = "[PAD]", "[UNK]"
-
-
-def normalize(text: str) -> str:
-    """The tokenizer's normalisation, done by Python's C string methods (3x faster in bulk):
-    drop the ``<br />`` markup, unicode NFKC, lowercase."""
-    return unicodedata.normalize("NFKC", text.replace("<br />", " ")).lower()
-
-
-def build_tokenizer(texts: Iterator[str] | Sequence[str], vocab_size: int, min_frequency: int = 1):
-    """A word-level ``tokenizers.Tokenizer`` fitted on ``texts``: ``[PAD]`` is id 0, ``[UNK]`` id 1,
-    then words by frequency; punctuation runs are tokens of their own."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=[PAD, UNK], show_progress=False)
-    tokenizer.train_from_iterator((normalize(t) for t in texts), trainer)
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.Replace("<br />", " "), normalizers.NFKC(), normalizers.Lowercase()])
-    return tokenizer
 
 
 class _Encoder:
-    """Encodes a batch for ``datasets.map`` (picklable, so ``map`` may use worker processes).
+    """Encodes a batch for ``datasets.map``: whole reviews, untruncated (picklable, so ``map`` may
+    use worker processes)."""
 
-    It normalises in Python and runs the tokenizer without its normaliser: the same ids as
-    ``tokenizer.encode`` (a test checks), in a third of the time."""
-
-    def __init__(self, tokenizer_json: str) -> None:
-        self.tokenizer_json = tokenizer_json
-        self._bare = None
+    def __init__(self, tokenizer: WordTokenizer) -> None:
+        self.tokenizer = tokenizer
 
     def __call__(self, batch: dict) -> dict:
-        from tokenizers import Tokenizer
-
-        if self._bare is None:
-            self._bare = Tokenizer.from_str(self.tokenizer_json)
-            self._bare.normalizer = None
-        ids = [e.ids for e in self._bare.encode_batch_fast([normalize(t) for t in batch["text"]])]
+        ids = self.tokenizer.encode(batch["text"])
         return {"input_ids": ids, "length": [len(i) for i in ids]}
 
 
 class EncodedReviews(Dataset):
     """Encoded reviews held as one flat id array and offsets (zero-copy from Arrow)."""
 
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> None:
-        self.ids, self.offsets, self.labels = ids, offsets, labels
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray,
+                 texts: list[str] | None = None) -> None:
+        self.ids, self.offsets, self.labels, self.texts = ids, offsets, labels, texts
         self.lengths = np.diff(offsets)
+
+    @classmethod
+    def from_lists(cls, ids: list[list[int]], texts: list[str]) -> EncodedReviews:
+        """Reviews to predict: no labels (-1), their texts kept for the output."""
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum([len(i) for i in ids], out=offsets[1:])
+        flat = np.fromiter((t for i in ids for t in i), dtype=np.int64, count=int(offsets[-1]))
+        return cls(flat, offsets, np.full(len(ids), -1, dtype=np.int64), texts)
 
     @classmethod
     def from_arrow(cls, dataset) -> EncodedReviews:
@@ -83,8 +63,11 @@ class EncodedReviews(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        return self.ids[self.offsets[index]: self.offsets[index + 1]], int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple:
+        ids = self.ids[self.offsets[index]: self.offsets[index + 1]]
+        if self.texts is None:
+            return ids, int(self.labels[index])
+        return ids, int(self.labels[index]), index, self.texts[index]
 
 
 class BucketSampler(ShardedSampler):
@@ -128,38 +111,20 @@ class BucketSampler(ShardedSampler):
 
 
 class Collate:
-    """Pads a list of ``(ids, label)`` into ``{"input_ids", "lengths", "labels"}``.
+    """Items of :class:`EncodedReviews` -> ``{"input_ids", ["lengths",] "labels"}`` (plus ``"index"``
+    and ``"text"`` for reviews to predict), truncated and padded by the tokenizer: the one way a
+    review is read (see :class:`~seqmodels.preprocessing.WordTokenizer`)."""
 
-    ``padding_side="right"`` pads each batch only to its longest review and passes the lengths,
-    so the backbone never reads padding. ``"left"`` is the classic Keras recipe: every review
-    padded at the front to ``max_length``, no lengths, and the network reads the padding.
-    ``truncation_side`` says which end of a long review is cut: ``"right"`` keeps the first
-    ``max_length`` tokens, ``"left"`` the last.
-    """
+    def __init__(self, tokenizer: WordTokenizer, training: bool) -> None:
+        self.tokenizer, self.training = tokenizer, training
 
-    def __init__(self, max_length: int, padding_side: str = "right", truncation_side: str = "right") -> None:
-        self.max_length, self.padding_side, self.truncation_side = max_length, padding_side, truncation_side
-
-    def __call__(self, items: list[tuple[np.ndarray, int]]) -> dict[str, Tensor]:
-        sequences = [self.truncate(ids) for ids, _ in items]
-        lengths = [max(len(s), 1) for s in sequences]  # an empty review reads as one [PAD]
-        width = self.max_length if self.padding_side == "left" else max(lengths)
-        input_ids = np.zeros((len(items), width), dtype=np.int64)
-        for row, ids in enumerate(sequences):
-            if len(ids):
-                if self.padding_side == "left":
-                    input_ids[row, width - len(ids):] = ids
-                else:
-                    input_ids[row, : len(ids)] = ids
-        batch = {"input_ids": torch.from_numpy(input_ids), "labels": torch.tensor([label for _, label in items])}
-        if self.padding_side == "right":
-            batch["lengths"] = torch.tensor(lengths)
+    def __call__(self, items: list[tuple]) -> dict:
+        batch = self.tokenizer.collate([item[0] for item in items], self.training)
+        batch["labels"] = torch.tensor([item[1] for item in items])
+        if len(items[0]) > 2:
+            batch["index"] = torch.tensor([item[2] for item in items])
+            batch["text"] = [item[3] for item in items]
         return batch
-
-    def truncate(self, ids: Sequence[int]) -> Sequence[int]:
-        if len(ids) <= self.max_length:
-            return ids
-        return ids[-self.max_length:] if self.truncation_side == "left" else ids[: self.max_length]
 
 
 class IMDBDataModule(L.LightningDataModule):
@@ -170,34 +135,53 @@ class IMDBDataModule(L.LightningDataModule):
     ``val_size`` reviews of train, chosen with ``seed``, form the validation set; ``seed``
     also fixes the order of training batches in each epoch.
 
-    A word-level tokenizer (lowercase, ``<br />`` stripped, NFKC, punctuation split; ``[PAD]`` = 0,
-    ``[UNK]`` = 1) is trained on the training part only, and the reviews are encoded once with
-    ``datasets.map``. Both are cached, keyed by the data's fingerprint, the split and
-    ``vocab_size``: the tokenizer in ``cache_dir`` (see :mod:`datamodules.paths`), the encodings
-    in ``datasets``' own cache next to the data's Arrow files. The tokenizer is saved in the
-    checkpoint (by the data module and by the :class:`~seqmodels.tasks.SequenceClassifier`) as a
-    JSON string, so a checkpoint alone classifies raw text.
+    ``preprocessor`` is a :class:`~seqmodels.preprocessing.WordTokenizer` (lowercase, ``<br />``
+    stripped, NFKC, punctuation split; ``[PAD]`` = 0, ``[UNK]`` = 1) trained on the training part
+    only, or the one a checkpoint brought. Its reading settings are this module's: ``max_length``
+    tokens in training, ``eval_max_length`` (``null``: whole reviews) in validation, test and
+    predict, ``truncation_side`` and ``padding_side``. The whole reviews are encoded once with
+    ``datasets.map``; the tokenizer is cached in ``cache_dir`` (see :mod:`datamodules.paths`),
+    keyed by the data's fingerprint, the split and ``vocab_size``, and the encodings in
+    ``datasets``' own cache, keyed by the tokenizer.
 
-    Training batches are length-bucketed (:class:`BucketSampler`) and padded per batch.
-
-    For ``predict``, ``predict_path`` is a text file with one review per line, or a ``.jsonl``
-    file of objects with a ``text`` field; batches are raw strings, which the model tokenises.
+    Batches are length-bucketed (:class:`BucketSampler`) and padded per batch; evaluation and
+    predict batches are sorted by length. For ``predict``, ``predict_path`` is a text file with
+    one review per line, or a ``.jsonl`` file of objects with a ``text`` field; predictions are
+    written back in the file's order.
     """
 
-    def __init__(self, data_dir: str | None = None, vocab_size: int = 30_000, max_length: int = 400,
-                 padding_side: Literal["right", "left"] = "right",
+    preprocessor_type = WordTokenizer
+
+    def __init__(self, data_dir: str | None = None, vocab_size: int = 30_000, max_length: int | None = 400,
+                 eval_max_length: int | None = 400, padding_side: Literal["right", "left"] = "right",
                  truncation_side: Literal["right", "left"] = "right", val_size: int = 2_500,
                  seed: int = 0, batch_size: int = 64, min_frequency: int = 1,
                  predict_path: str | None = None, cache_dir: str | None = None) -> None:
         super().__init__()
         if vocab_size < 3:
             raise InvalidInputError(f"vocab_size must be at least 3 ([PAD], [UNK] and a word), got {vocab_size}.")
-        if max_length < 1 or batch_size < 1:
-            raise InvalidInputError(f"max_length and batch_size must be positive, got {max_length} and {batch_size}.")
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be positive, got {batch_size}.")
         self.save_hyperparameters()
-        self.tokenizer = None
+        WordTokenizer("", **self._reading())  # refuse bad reading settings now, before any data is read
+        self._preprocessor: WordTokenizer | None = None
         self.datasets: dict[str, EncodedReviews] = {}
-        self.predict_texts: list[str] = []
+
+    def _reading(self) -> dict:
+        keys = ("max_length", "eval_max_length", "padding_side", "truncation_side")
+        return {key: self.hparams[key] for key in keys}
+
+    @property
+    def preprocessor(self) -> WordTokenizer | None:
+        return self._preprocessor
+
+    @preprocessor.setter
+    def preprocessor(self, tokenizer: WordTokenizer | None) -> None:
+        """A tokenizer from a checkpoint: its vocabulary, read with this module's settings."""
+        if tokenizer is not None:
+            for key, value in self._reading().items():
+                setattr(tokenizer, key, value)
+        self._preprocessor = tokenizer
 
     @property
     def vocab_size(self) -> int:
@@ -270,10 +254,11 @@ class IMDBDataModule(L.LightningDataModule):
         return train.select(train_index), train.select(val_index)
 
     def prepare_data(self) -> None:
-        self._prepare()
+        if self.trainer is None or self.trainer.state.fn != "predict":
+            self._prepare()
 
     def _prepare(self):
-        """Load, split, fit or load the cached tokenizer, encode (cached). Idempotent."""
+        """Load, split, fit (or load the cached) tokenizer unless one was given, encode (cached). Idempotent."""
         import datasets
 
         quiet = datasets.is_progress_bar_enabled()
@@ -284,24 +269,24 @@ class IMDBDataModule(L.LightningDataModule):
             if quiet:
                 datasets.enable_progress_bars()
 
-    def _load_and_encode(self):
-        from tokenizers import Tokenizer
-
-        raw = self._load_raw()
-        train, val = self._split(raw["train"])
+    def _fitted_tokenizer(self, train) -> WordTokenizer:
         key = hashlib.sha256(json.dumps(
             [train._fingerprint, self.hparams.vocab_size, self.hparams.min_frequency]).encode()).hexdigest()[:16]
-        cache = cache_dir(self.hparams.cache_dir)
-        tokenizer_file = cache / f"imdb-tokenizer-{key}.json"
+        tokenizer_file = cache_dir(self.hparams.cache_dir) / f"imdb-tokenizer-{key}.json"
         if tokenizer_file.is_file():
-            tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        else:
-            tokenizer = build_tokenizer(train["text"], self.hparams.vocab_size, self.hparams.min_frequency)
-            cache.mkdir(parents=True, exist_ok=True)
-            partial = private_partial(tokenizer_file)
-            tokenizer.save(str(partial))
-            partial.replace(tokenizer_file)
-        encoder = _Encoder(tokenizer.to_str())
+            return WordTokenizer(tokenizer_file.read_text(encoding="utf-8"), **self._reading())
+        tokenizer = WordTokenizer.fit(train["text"], self.hparams.vocab_size, self.hparams.min_frequency,
+                                      **self._reading())
+        tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(tokenizer_file, lambda f: f.write(tokenizer.tokenizer_json))
+        return tokenizer
+
+    def _load_and_encode(self):
+        raw = self._load_raw()
+        train, val = self._split(raw["train"])
+        tokenizer = self._preprocessor or self._fitted_tokenizer(train)
+        key = hashlib.sha256(tokenizer.tokenizer_json.encode()).hexdigest()[:16]
+        encoder = _Encoder(tokenizer)
         encoded = {}
         for name, split in (("train", train), ("val", val), ("test", raw["test"])):
             encoded[name] = split.map(encoder, batched=True, batch_size=1000, remove_columns=["text"],
@@ -311,46 +296,39 @@ class IMDBDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "predict":
-            self.predict_texts = read_reviews(self.hparams.predict_path)
+            texts = read_reviews(self.hparams.predict_path)
+            if self._preprocessor is None:  # predict without a checkpoint: the training split's tokenizer
+                self.preprocessor = self._prepare()[0]
+            self.datasets["predict"] = EncodedReviews.from_lists(self._preprocessor.encode(texts), texts)
             return
-        if self.datasets:
+        if "train" in self.datasets:
             return
-        self.tokenizer, encoded = self._prepare()
-        self.datasets = {name: EncodedReviews.from_arrow(split) for name, split in encoded.items()}
+        tokenizer, encoded = self._prepare()
+        if self._preprocessor is None:
+            self.preprocessor = tokenizer
+        self.datasets.update({name: EncodedReviews.from_arrow(split) for name, split in encoded.items()})
 
     # -- loaders ----------------------------------------------------------------------------
 
-    def _collate(self) -> Collate:
-        return Collate(self.hparams.max_length, self.hparams.padding_side, self.hparams.truncation_side)
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, training: bool) -> DataLoader:
         dataset = self.datasets[name]
-        lengths = np.minimum(dataset.lengths, self.hparams.max_length)
-        sampler = BucketSampler(lengths, self.hparams.batch_size, shuffle=shuffle, seed=self.hparams.seed)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=self._collate())
+        limit = self._preprocessor.length_limit(training)
+        lengths = dataset.lengths if limit is None else np.minimum(dataset.lengths, limit)
+        sampler = BucketSampler(lengths, self.hparams.batch_size, shuffle=training, seed=self.hparams.seed)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+                          collate_fn=Collate(self._preprocessor, training))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", training=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val", training=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test", training=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.predict_texts, batch_size=self.hparams.batch_size, collate_fn=list)
-
-    # -- checkpoint -------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        return {"tokenizer": self.tokenizer.to_str()} if self.tokenizer is not None else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if "tokenizer" in state_dict and self.tokenizer is None:
-            from tokenizers import Tokenizer
-
-            self.tokenizer = Tokenizer.from_str(state_dict["tokenizer"])
+        return self._loader("predict", training=False)
 
 
 def read_reviews(path: str | None) -> list[str]:

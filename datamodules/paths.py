@@ -6,11 +6,11 @@ and read-only)."""
 from __future__ import annotations
 
 import os
-import socket
 import urllib.request
 from pathlib import Path
 
 from seqmodels.errors import MissingInputError
+from seqmodels.files import atomic_path
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -21,23 +21,14 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     return Path(explicit or os.environ.get("SEQMODELS_CACHE_DIR") or Path.home() / ".cache" / "seqmodels")
 
 
-def private_partial(path: Path) -> Path:
-    """A name next to ``path`` that no other process writes: write there, then ``replace`` it onto
-    ``path``. Per host and process, because ranks on nodes sharing a file system may build the same
-    cache at once, and a shared partial file would interleave their writes."""
-    return path.with_name(f"{path.stem}.{socket.gethostname()}-{os.getpid()}.part{path.suffix}")
-
-
 def fetch(path: Path, url: str, what: str) -> Path:
     """``path`` if it exists; otherwise download ``url`` there, or explain how to provide it."""
     if path.is_file():
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = private_partial(path)
-        with urllib.request.urlopen(url, timeout=20) as response:
+        with urllib.request.urlopen(url, timeout=20) as response, atomic_path(path) as partial:
             partial.write_bytes(response.read())
-        partial.replace(path)  # atomic: never a half-written file under the real name
         return path
     except OSError as error:
         raise MissingInputError(

@@ -2,14 +2,16 @@
 
 The split is chronological. A window belongs to the split its *targets* fall in, wholly;
 its inputs may reach back into earlier months (that is the past, known at forecast time).
-Scaling is fitted on the training values only and travels with the model (see
-:class:`seqmodels.tasks.forecasting.Forecaster`), so a checkpoint forecasts raw values.
+The :class:`~seqmodels.preprocessing.SeriesTransform` (log, differencing, scaling) is fitted
+on the training values only and travels with the model, so a checkpoint forecasts raw values.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.paths import data_dir, fetch
 from seqmodels.errors import InvalidInputError, MissingInputError
+from seqmodels.preprocessing import SeriesTransform
 
 
 def windows(values: torch.Tensor, first_target: int, end: int, window: int, horizon: int) -> TensorDataset:
@@ -37,17 +40,30 @@ def windows(values: torch.Tensor, first_target: int, end: int, window: int, hori
 class _SeriesDataModule(L.LightningDataModule):
     """Windows over one series, split chronologically into train / val / test by count.
 
-    Subclasses supply ``load_values() -> Tensor``: the whole series ``(time,)``, in its units.
+    Subclasses supply ``load_values() -> Tensor``: the whole series ``(time,)``, in its units,
+    and may set ``self.dates`` (one label per value) in it.
+
+    ``preprocessor`` is the fitted :class:`SeriesTransform` (or the one a checkpoint brought,
+    which is then used as it is). The test loaders are the one-step windows and, second, the
+    whole test span with the history before it, for the recursive multi-step forecast.
     """
 
-    def __init__(self, window: int, horizon: int, batch_size: int, val_size: int, test_size: int) -> None:
+    preprocessor_type = SeriesTransform
+
+    def __init__(self, window: int, horizon: int, batch_size: int, val_size: int, test_size: int,
+                 log: bool, differences: Sequence[int] | None, predict_steps: int) -> None:
         super().__init__()
-        for name, value in (("window", window), ("horizon", horizon), ("batch_size", batch_size)):
+        for name, value in (("window", window), ("horizon", horizon), ("batch_size", batch_size),
+                            ("predict_steps", predict_steps)):
             if value < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {value}.")
         self.window, self.horizon, self.batch_size = window, horizon, batch_size
-        self.val_size, self.test_size = val_size, test_size
+        self.val_size, self.test_size, self.predict_steps = val_size, test_size, predict_steps
+        self.log, self.differences = log, list(differences or [])
+        SeriesTransform(log, self.differences)  # refuse bad lags now, before any data is read
         self.values: torch.Tensor | None = None  # the whole series, in its own units
+        self.dates: list[str] | None = None
+        self.preprocessor: SeriesTransform | None = None
 
     @property
     def boundaries(self) -> tuple[int, int]:
@@ -59,6 +75,8 @@ class _SeriesDataModule(L.LightningDataModule):
         if self.values is not None:
             return
         self.values = self.load_values()
+        if stage == "predict":
+            return
         val_start, test_start = self.boundaries
         needed = self.window + self.horizon
         if val_start < needed:
@@ -67,6 +85,9 @@ class _SeriesDataModule(L.LightningDataModule):
                 f"test_size={self.test_size} only {max(val_start, 0)} remain for training, fewer than "
                 f"window + horizon = {needed}. Use a longer series, a smaller window, or smaller splits."
             )
+        if self.preprocessor is None:
+            self.preprocessor = SeriesTransform(self.log, self.differences).fit(self.values[:val_start])
+        self.preprocessor.check(self.values)
         self.train_set = windows(self.values, 0, val_start, self.window, self.horizon)
         self.val_set = windows(self.values, val_start, test_start, self.window, self.horizon)
         self.test_set = windows(self.values, test_start, len(self.values), self.window, self.horizon)
@@ -81,12 +102,18 @@ class _SeriesDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size)
 
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=self.batch_size)
+    def test_dataloader(self) -> list[DataLoader]:
+        test_start = self.boundaries[1]
+        span = TensorDataset(self.values[:test_start].unsqueeze(0), self.values[test_start:].unsqueeze(0))
+        return [DataLoader(self.test_set, batch_size=self.batch_size), DataLoader(span, batch_size=1)]
 
     def predict_dataloader(self) -> DataLoader:
-        """The whole series, once: the forecaster continues it past its end."""
-        return DataLoader(TensorDataset(self.values.unsqueeze(0)), batch_size=1)
+        """The whole series, once, with the labels of the ``predict_steps`` steps past its end."""
+        item = {"history": self.values.unsqueeze(0), "dates": self.future_dates(self.predict_steps)}
+        return DataLoader([item], batch_size=None)
+
+    def future_dates(self, count: int) -> list[str]:
+        return [str(len(self.values) + i) for i in range(count)]
 
 
 class SineWaveDataModule(_SeriesDataModule):
@@ -94,12 +121,14 @@ class SineWaveDataModule(_SeriesDataModule):
 
     ``num_points`` values of ``sin(2 pi t / period)`` plus Gaussian noise (fixed ``seed``);
     the last ``val_size`` and ``test_size`` values are held out for validation and test.
+    ``log`` / ``differences``: the transform (see :class:`SeriesDataModule`).
     """
 
     def __init__(self, num_points: int = 2000, period: float = 50.0, noise: float = 0.05, seed: int = 0,
                  window: int = 32, horizon: int = 1, batch_size: int = 64, val_size: int = 200,
-                 test_size: int = 200) -> None:
-        super().__init__(window, horizon, batch_size, val_size, test_size)
+                 test_size: int = 200, log: bool = False, differences: list[int] | None = None,
+                 predict_steps: int = 12) -> None:
+        super().__init__(window, horizon, batch_size, val_size, test_size, log, differences, predict_steps)
         if period <= 0 or not math.isfinite(period):
             raise InvalidInputError(f"period must be a positive number of steps, got {period}.")
         self.num_points, self.period, self.noise, self.seed = num_points, period, noise, seed
@@ -110,14 +139,27 @@ class SineWaveDataModule(_SeriesDataModule):
         return torch.sin(2 * math.pi * t / self.period) + self.noise * noise
 
 
-DATE_NAMES = ("month", "date", "time", "timestamp", "period")
+DATE_NAMES = ("month", "date", "time", "timestamp", "period", "day", "week", "ds")
 AIRLINE_URL = "https://raw.githubusercontent.com/jbrownlee/Datasets/master/airline-passengers.csv"
 
 
-def read_series_csv(path: Path, column: str | None, date_column: str | None) -> tuple[torch.Tensor, list[str] | None]:
-    """The values of one numeric column (and the dates beside them, if any) of a CSV file."""
+def _sniff_delimiter(path: Path) -> str:
+    """The CSV's separator (comma, semicolon, tab or pipe), read off its first lines."""
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+        head = "".join(line for _, line in zip(range(20), f))
+    try:
+        return csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
+def read_series_csv(path: Path, column: str | None, date_column: str | None) -> tuple[torch.Tensor, list[str] | None]:
+    """The values of one numeric column of a CSV file (any of , ; tab | as separator), in time
+    order, and the dates beside them if there is a date column.
+
+    Rows dated newest-first are put in time order (said once); duplicate dates are refused."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter=_sniff_delimiter(path)))
     if not rows or not rows[0]:
         raise InvalidInputError(f"{path} is empty; expected a header row and one row per time step.")
     header = [name.strip() for name in rows[0]]
@@ -152,23 +194,68 @@ def read_series_csv(path: Path, column: str | None, date_column: str | None) -> 
             f"{path}: column {column!r} has missing or non-numeric values at {shown}. "
             "Fill or remove those rows."
         )
-    dates = [row[header.index(date_column)].strip() for row in body] if date_column else None
+    if not date_column:
+        return torch.tensor(values, dtype=torch.float32), None
+    position = header.index(date_column)
+    dates = [row[position].strip() if position < len(row) else "" for row in body]
+    return _in_time_order(path, date_column, dates, values)
+
+
+def _parse_dates(dates: list[str]):
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "could not infer format": parsed element by element, as wanted
+        return pd.to_datetime(pd.Series(dates), errors="coerce")
+
+
+def _in_time_order(path: Path, date_column: str, dates: list[str], values: list[float]):
+    parsed = _parse_dates(dates)
+    if parsed.isna().any():  # not dates we can read: keep the file's order and its labels
+        return torch.tensor(values, dtype=torch.float32), dates
+    duplicated = parsed.duplicated(keep=False)
+    if duplicated.any():
+        lines = [i + 2 for i in duplicated[duplicated].index[:6]]
+        raise InvalidInputError(
+            f"{path}: column {date_column!r} has duplicate dates ({dates[lines[0] - 2]!r} and others, at lines "
+            f"{lines}). A series needs one value per date: aggregate or remove the duplicates."
+        )
+    if not parsed.is_monotonic_increasing:
+        if parsed.is_monotonic_decreasing:
+            print(f"{path}: the dates in {date_column!r} run newest first; read in time order, oldest first.")
+        else:
+            print(f"{path}: the dates in {date_column!r} are not in order; sorted oldest first.")
+        order = parsed.argsort(kind="stable").tolist()
+        dates, values = [dates[i] for i in order], [values[i] for i in order]
     return torch.tensor(values, dtype=torch.float32), dates
 
 
 def next_dates(dates: list[str] | None, start: int, count: int) -> list[str]:
-    """Labels for ``count`` steps after the last: monthly ``YYYY-MM`` continues, else step numbers."""
-    if dates:
-        try:
-            year, month = (int(part) for part in dates[-1].split("-")[:2])
-            labels = []
-            for _ in range(count):
-                year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-                labels.append(f"{year:04d}-{month:02d}")
-            return labels
-        except ValueError:
-            pass
-    return [str(start + i) for i in range(count)]
+    """Labels for ``count`` steps after the last date: the series' own frequency continued (daily,
+    weekly, monthly, quarterly, hourly, ... as pandas infers it), in the dates' own style where it
+    is a plain one; step numbers from ``start`` when there are no dates or they are irregular."""
+    steps = [str(start + i) for i in range(count)]
+    if not dates or len(dates) < 3:
+        return steps
+    import pandas as pd
+
+    parsed = _parse_dates(dates)
+    if parsed.isna().any():
+        print("The dates could not be read as dates; forecasts are labelled by step number.")
+        return steps
+    frequency = pd.infer_freq(pd.DatetimeIndex(parsed))
+    if frequency is None:
+        print("The dates are irregular (no single frequency); forecasts are labelled by step number.")
+        return steps
+    future = pd.date_range(parsed.iloc[-1], periods=count + 1, freq=frequency)[1:]
+    last = dates[-1]
+    if len(last) == 7 and last[4] == "-":  # 1960-12: monthly labels as the file writes them
+        return [d.strftime("%Y-%m") for d in future]
+    if len(last) == 10 and last[4] == "-" and last[7] == "-":
+        return [d.strftime("%Y-%m-%d") for d in future]
+    if len(last) == 4 and last.isdigit():
+        return [d.strftime("%Y") for d in future]
+    return [d.isoformat(sep=" ") for d in future]
 
 
 class SeriesDataModule(_SeriesDataModule):
@@ -176,24 +263,29 @@ class SeriesDataModule(_SeriesDataModule):
 
     Args:
         path: a CSV file or URL; default ``<data_dir>/airline/airline-passengers.csv``
-            (downloaded from its public copy when absent and online).
+            (downloaded from its public copy when absent and online). The separator (comma,
+            semicolon, tab, pipe) is detected; rows are put in date order.
         column: the value column (default: the last column).
         date_column: labels for the rows (default: a column named month, date, time,
-            timestamp or period, when there is one).
+            timestamp, period, day, week or ds, when there is one).
         data_dir: default ``$SEQMODELS_DATA_DIR``, else ``data/``.
-        window: raw past values per input window (a forecaster that differences at lags
-            ``1`` and ``12`` sees ``window - 13`` transformed values).
-        horizon: values predicted per window.
+        window: raw past values per input window (differencing at lags ``1`` and ``12``
+            leaves ``window - 13`` transformed values); the model gets the same number.
+        horizon: values predicted per window; the model gets the same number.
         val_size, test_size: the last values held out, chronologically (default: test = the
             last 48 months, validation = the 12 before, training = the rest).
+        log, differences: the transform: model ``log(values)`` (positive series only), then
+            differences at these lags, then standardise with the training part's statistics.
+        predict_steps: how many steps past the end of the series ``predict`` forecasts; linked
+            from ``model.predict_steps`` by the CLI.
     """
 
     def __init__(self, path: str | None = None, column: str | None = None, date_column: str | None = None,
                  data_dir: str | None = None, window: int = 25, horizon: int = 1, batch_size: int = 16,
-                 val_size: int = 12, test_size: int = 48) -> None:
-        super().__init__(window, horizon, batch_size, val_size, test_size)
+                 val_size: int = 12, test_size: int = 48, log: bool = False, differences: list[int] | None = None,
+                 predict_steps: int = 12) -> None:
+        super().__init__(window, horizon, batch_size, val_size, test_size, log, differences, predict_steps)
         self.path, self.column, self.date_column, self.data_dir = path, column, date_column, data_dir
-        self.dates: list[str] | None = None
 
     def _resolve(self) -> Path:
         if self.path and "://" in self.path:

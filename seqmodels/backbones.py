@@ -2,10 +2,11 @@
 
 Every backbone has one interface::
 
-    outputs, state = backbone(x, lengths=None, state=None)
+    outputs, state = backbone(x, hx=None, lengths=None)
 
 * ``x``: ``(batch, time, input_size)`` float; always batch-first.
-* ``lengths``: ``(batch,)`` integers in ``[1, time]``, or ``None`` when every sequence is full.
+* ``hx``: the initial state, as torch.nn's layers take it (positional, in the same place), or ``None``.
+* ``lengths``: ``(batch,)`` integers in ``[1, time]`` (keyword), or ``None`` when every sequence is full.
 * ``outputs``: ``(batch, time, backbone.output_size)``; zero past each sequence's length.
 * ``state``: the final state per layer and direction, taken at each sequence's last valid
   step, shaped like torch.nn's ``(num_layers * num_directions, batch, hidden_size)``;
@@ -20,6 +21,7 @@ and default initialisation, and a ``state_dict`` moves between them unchanged.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqmodels import cells
+from seqmodels.errors import InvalidInputError
 
 Impl = Literal["native", "scratch"]
 Init = Literal["default", "xavier_orthogonal"]
@@ -37,18 +40,18 @@ State = Tensor | tuple[Tensor, Tensor]
 
 def _check_options(hidden_size: int, num_layers: int, dropout: float, impl: str, init: str) -> None:
     if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
-        raise ValueError(f"hidden_size must be an integer >= 1, got {hidden_size!r}.")
+        raise InvalidInputError(f"hidden_size must be an integer >= 1, got {hidden_size!r}.")
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}.")
+        raise InvalidInputError(f"num_layers must be an integer >= 1, got {num_layers!r}.")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0 or math.isnan(dropout):
-        raise ValueError(
+        raise InvalidInputError(
             f"dropout must be a probability in [0, 1), got {dropout!r}; it is applied to the "
             "outputs of every layer but the last."
         )
     if impl not in ("native", "scratch"):
-        raise ValueError(f"impl must be 'native' or 'scratch', got {impl!r}.")
+        raise InvalidInputError(f"impl must be 'native' or 'scratch', got {impl!r}.")
     if init not in ("default", "xavier_orthogonal"):
-        raise ValueError(f"init must be 'default' or 'xavier_orthogonal', got {init!r}.")
+        raise InvalidInputError(f"init must be 'default' or 'xavier_orthogonal', got {init!r}.")
 
 
 class _RecurrentBackbone:
@@ -136,13 +139,25 @@ class _RecurrentBackbone:
 
     # -- forward ------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None, state: State | None = None) -> tuple[Tensor, State]:
-        lengths = self._check_inputs(x, lengths, state)
+    def forward(self, input: Tensor, hx: State | None = None, *, lengths: Tensor | None = None) -> tuple[Tensor, State]:
+        """``(outputs, state)`` for ``input`` ``(batch, time, input_size)``; see the module docstring."""
+        lengths = self._check_inputs(input, lengths, hx)
         if self.impl == "native":
-            return self._forward_native(x, lengths, state)
-        return self._forward_scratch(x, lengths, state)
+            return self._forward_native(input, lengths, hx)
+        return self._forward_scratch(input, lengths, hx)
 
     def _forward_native(self, x: Tensor, lengths: Tensor | None, state: State | None) -> tuple[Tensor, State]:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not _cpu_has_bf16_rnn():
+            # oneDNN has no bf16 RNN kernels on CPUs without AVX-512 (the primitive cannot be
+            # created): the recurrence runs in float32 there, as the scratch impl always does.
+            with torch.autocast("cpu", enabled=False):
+                dtype = self.weight_ih_l0.dtype
+                state = None if state is None else (tuple(s.to(dtype) for s in state) if isinstance(state, tuple)
+                                                     else state.to(dtype))
+                return self._native(x.to(dtype), lengths, state)
+        return self._native(x, lengths, state)
+
+    def _native(self, x: Tensor, lengths: Tensor | None, state: State | None) -> tuple[Tensor, State]:
         native_forward = super().forward
         if lengths is None:
             return native_forward(x, state)
@@ -219,7 +234,7 @@ class RNN(_RecurrentBackbone, nn.RNN):
                  bias: bool = True, dropout: float = 0.0, bidirectional: bool = False, impl: Impl = "native", init: Init = "default") -> None:
         _check_options(hidden_size, num_layers, dropout, impl, init)
         if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}.")
+            raise InvalidInputError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}.")
         super().__init__(input_size, hidden_size, num_layers, nonlinearity=nonlinearity, bias=bias, batch_first=True,
                          dropout=float(dropout), bidirectional=bidirectional)
         self._setup(impl, init)
@@ -268,3 +283,18 @@ class GRU(_RecurrentBackbone, nn.GRU):
 
 
 Backbone = RNN | LSTM | GRU
+
+
+@functools.cache
+def _cpu_has_bf16_rnn() -> bool:
+    """Whether oneDNN can run torch.nn's recurrent layers in bf16 on this CPU: tried once, on a tiny
+    LSTM, because the capability (AVX-512 with bf16, or AMX) is the CPU's, not the model's."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        lstm = nn.LSTM(2, 2, batch_first=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = lstm(torch.randn(1, 2, 2))
+        return bool(torch.isfinite(out).all())
+    except RuntimeError:
+        return False

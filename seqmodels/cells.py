@@ -47,10 +47,16 @@ from torch import Tensor
 
 
 def _onednn_linear_works() -> bool:
+    """Both private ops the loop uses, checked against plain matmul on this CPU: the packed weight
+    (``_reorder_linear_weight``) as well as the product, since either may be missing or wrong on a
+    CPU (or torch build) other than the ones we measured on."""
     try:
-        a, w = torch.randn(3, 4), torch.randn(5, 4)
-        return torch.allclose(torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""), a @ w.t(), atol=1e-5)
-    except (AttributeError, RuntimeError):
+        a, w, b = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5)
+        expected = a @ w.t() + b
+        plain = torch.ops.mkldnn._linear_pointwise(a, w, b, "none", [], "")
+        packed = torch.ops.mkldnn._linear_pointwise(a, torch.ops.mkldnn._reorder_linear_weight(w, 3), b, "none", [], "")
+        return torch.allclose(plain, expected, atol=1e-5) and torch.allclose(packed, expected, atol=1e-5)
+    except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 

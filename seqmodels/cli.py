@@ -1,75 +1,109 @@
 """The one entry point: ``python main.py {fit,validate,test,predict} --config configs/X.yaml``.
 
 A config picks the task (``model.class_path``) and the data (``data.class_path``); every
-knob can be overridden on the command line and ``--print_config`` shows them all.
+knob can be overridden on the command line (exact names only: no abbreviations) and
+``--print_config`` shows them all.
 
-Outputs of a run named by ``run_name`` go to ``lightning_logs/<run_name>/version_N/``:
-TensorBoard events, ``config.yaml``, ``hparams.yaml`` and ``checkpoints/`` (the best by
-``checkpoint.monitor``, and ``last.ckpt``). ``--ckpt_path last`` resumes from the newest
-version's ``last.ckpt`` and keeps logging into that same version.
+Where things go, under ``<trainer.default_root_dir>/lightning_logs/`` (the working directory
+unless given):
+
+* ``fit`` writes ``<run_name>/version_N/``: TensorBoard events, ``config.yaml``,
+  ``hparams.yaml`` and ``checkpoints/`` (the best by ``checkpoint.monitor``, and ``last.ckpt``).
+  ``--ckpt_path last`` resumes from the newest version's ``last.ckpt`` in that same folder.
+* ``validate``/``test``/``predict`` with a checkpoint of such a run (``--ckpt_path last``,
+  ``best`` or a path inside it) write into ``version_N/<subcommand>/version_K/``: their own
+  config, metrics and outputs, beside the training run's files, never over them.
+
+The preprocessing hand-off, in one place: the data module fits the preprocessing object (or,
+when a checkpoint is given, receives the checkpoint's as it is built, so sizes such as
+``vocab_size`` come from it and no training data is needed to predict), and
+:class:`~seqmodels.callbacks.PreprocessingHandoff` gives that same object to the task.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _InstantiatorFn
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.optim import Optimizer
 
+from seqmodels.callbacks import ForecastPlot, PredictionWriter, PreprocessingHandoff
+from seqmodels.checkpoints import CheckpointError, SafeCheckpointIO, find_checkpoint, load_checkpoint
 from seqmodels.errors import InputError
-from seqmodels.training import (
-    CheckpointError,
-    NonFiniteLossError,
-    RandomState,
-    SafeCheckpointIO,
-    TrainingGuard,
-    load_checkpoint,
-)
+from seqmodels.preprocessing import from_checkpoint
+from seqmodels.runtime import tune_allocator
+from seqmodels.training import NonFiniteLossError, RandomState, TrainingGuard
 
-LOG_ROOT = Path("lightning_logs")
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
-def find_last_checkpoint(run_name: str, root: Path = LOG_ROOT) -> tuple[Path, int]:
-    """The ``last.ckpt`` of the newest version of ``run_name`` that has one, and that version."""
-    found = []
-    for path in (root / run_name).glob("version_*/checkpoints/last.ckpt"):
-        match = re.fullmatch(r"version_(\d+)", path.parent.parent.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    if not found:
-        raise CheckpointError(
-            f"--ckpt_path last: no checkpoint found under {root / run_name}/version_*/checkpoints/last.ckpt. "
-            "Train this run first (fit with the same run_name), or pass the path of a .ckpt file."
-        )
-    version, path = max(found)
-    return path, version
+class HparamsSummary(Callback):
+    """One entry per run in TensorBoard's HPARAMS view: the whole resolved config (model, backbone,
+    data, optimizer, scheduler, trainer) and the run's metrics, written when ``fit`` or an
+    evaluation ends. Metrics go under ``hp/`` so that the curves themselves stay untouched."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def _write(self, trainer: L.Trainer, prefix: tuple[str, ...]) -> None:
+        logger = trainer.logger
+        if logger is None or not trainer.is_global_zero:
+            return
+        metrics = {f"hp/{k.replace('/', '_')}": float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(prefix) and v.numel() == 1}
+        checkpoint = trainer.checkpoint_callback
+        if prefix == ("val/",) and checkpoint is not None and checkpoint.best_model_score is not None:
+            metrics[f"hp/best_{checkpoint.monitor.replace('/', '_')}"] = float(checkpoint.best_model_score)
+        if metrics:
+            logger.log_hyperparams(self.params, metrics)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, ("val/",))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, ("val/",))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, ("test/",))
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(config, dict):
+        items: dict[str, Any] = {}
+        for key, value in config.items():
+            items.update(_flatten(value, f"{prefix}{key}."))
+        return items
+    return {prefix[:-1]: config if isinstance(config, (int, float, str, bool)) else str(config)}
 
 
 class SeqCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("args", None)
+        no_abbreviations = {"allow_abbrev": False}  # --trainer.max_epoch must not pass for max_epochs
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            # A resumed run writes into its own version folder again.
+            # A resumed run writes into its own version folder again; evaluation never does.
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"gradient_clip_val": 1.0},
             seed_everything_default=0,
+            parser_kwargs={**no_abbreviations, **{name: dict(no_abbreviations) for name in SUBCOMMANDS}},
             **kwargs,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_name", type=str, default="default",
-                            help="Runs are written to lightning_logs/<run_name>/version_N.")
+                            help="Runs are written to <default_root_dir>/lightning_logs/<run_name>/version_N.")
         parser.add_argument("--output", type=Optional[str], default=None,
-                            help="The file predict writes; default: a file in the run's version folder.")
+                            help="The file predict writes (.jsonl, .csv or .txt); default: a file in the run's folder.")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
@@ -79,39 +113,107 @@ class SeqCLI(LightningCLI):
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(TrainingGuard, "guard")
-        # Sizes the data decides (the tokenizer's vocabulary) reach the model at instantiation.
-        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        # The optimizer lives in the config only; this is the default a config may replace.
+        parser.add_optimizer_args((Optimizer,))
+        parser.set_defaults({"optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001}}})
+        # Numbers the data decides reach the model at instantiation, so each is written once.
+        for source, target in (("vocab_size", "vocab_size"), ("window", "window"), ("horizon", "horizon")):
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+        parser.link_arguments("model.init_args.predict_steps", "data.init_args.predict_steps")
+
+    # -- checkpoints and where a run writes -----------------------------------------------------
 
     def _active(self, config):
         """The part of a parsed config for the current subcommand (all of it when run=False)."""
-        return config[self.subcommand] if self.subcommand else config
+        subcommand = config.get("subcommand")
+        return config[subcommand] if subcommand else config
+
+    @property
+    def log_root(self) -> Path:
+        root = self._active(self.config)["trainer"].get("default_root_dir") or "."
+        return Path(root) / "lightning_logs"
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would overwrite the model's config with the checkpoint's hyperparameters,
         # silently ignoring what the command line says (--model.predict_steps, ...). Here the
         # config and command line build the model, as they do for fit, and loading the weights
-        # then checks that they fit it. This only resolves "last".
-        self._resume_version = None
+        # then checks that they fit it. "last" and "best" are resolved in the run's folder.
+        self._resume_version, self._checkpoint = None, None
         subcommand = self.config.get("subcommand")
-        if subcommand and self.config[subcommand].get("ckpt_path") == "last":
-            path, self._resume_version = find_last_checkpoint(self.config[subcommand]["run_name"])
-            self.config[subcommand].ckpt_path = str(path)
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        path = config.get("ckpt_path")
+        if path in ("last", "best"):
+            try:
+                resolved, version = find_checkpoint(path, self.log_root / config["run_name"])
+            except CheckpointError as error:
+                raise SystemExit(f"error: {error}") from None
+            config.ckpt_path = str(resolved)
+            if subcommand == "fit" and path == "last":
+                self._resume_version = version
+            path = str(resolved)
+        if path and path not in ("hpc", "registry"):
+            try:
+                self._checkpoint = load_checkpoint(path)
+            except CheckpointError as error:
+                raise SystemExit(f"error: {error}") from None
+
+    def _add_instantiators(self) -> None:
+        super()._add_instantiators()
+        lightning_data = _InstantiatorFn(cli=self, key="data")
+
+        def data_with_checkpoint_preprocessing(class_type, *args, applied_instantiation_links: dict, **kwargs):
+            datamodule = lightning_data(class_type, *args, applied_instantiation_links=applied_instantiation_links,
+                                        **kwargs)
+            if self._checkpoint is not None and "preprocessor" in self._checkpoint:
+                preprocessor = from_checkpoint(self._checkpoint["preprocessor"])
+                # A checkpoint of another task is refused with a clear message once the model is built.
+                if isinstance(preprocessor, getattr(datamodule, "preprocessor_type", ())):
+                    datamodule.preprocessor = preprocessor
+            return datamodule
+
+        self.parser.add_instantiator(data_with_checkpoint_preprocessing, L.LightningDataModule, subclasses=True,
+                                     prepend=True)
+
+    def _logger(self, config) -> TensorBoardLogger:
+        subcommand = self.subcommand or "fit"
+        path = config.get("ckpt_path")
+        run_folder = Path(path).resolve().parent.parent if path else None
+        if subcommand != "fit" and run_folder is not None and run_folder.name.startswith("version_") \
+                and Path(path).resolve().parent.name == "checkpoints":
+            return TensorBoardLogger(save_dir=run_folder, name=subcommand, default_hp_metric=False)
+        return TensorBoardLogger(save_dir=self.log_root, name=config["run_name"], version=self._resume_version,
+                                 default_hp_metric=False)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         config = self._active(self.config_init)
         if config["trainer"].get("logger") in (None, True):
-            config["trainer"]["logger"] = TensorBoardLogger(
-                save_dir=LOG_ROOT, name=config["run_name"], version=self._resume_version, default_hp_metric=False
-            )
+            config["trainer"]["logger"] = self._logger(config)
         trainer = super().instantiate_trainer(**kwargs)
         log_dir = getattr(trainer.logger, "log_dir", None)
         self._new_run_dir = Path(log_dir) if log_dir and not Path(log_dir).exists() else None
         trainer.strategy.checkpoint_io = SafeCheckpointIO()
-        # last.ckpt after every validation: ModelCheckpoint(save_last=True) refreshes it only when
-        # a new best is saved, so "--ckpt_path last" could silently resume from an old epoch.
-        trainer.callbacks.extend([RandomState(), ModelCheckpoint(filename="last", monitor=None, save_top_k=1,
-                                                                 enable_version_counter=False)])
+        params = _flatten({key: value for key, value in self._dumped().items()
+                           if key in ("model", "data", "optimizer", "lr_scheduler", "seed_everything", "run_name")})
+        params.update({f"trainer.{k}": v for k, v in _flatten(self._dumped().get("trainer", {})).items()
+                       if k in ("max_epochs", "max_steps", "precision", "gradient_clip_val", "accumulate_grad_batches")})
+        self._params = params
+        trainer.callbacks.extend([
+            PreprocessingHandoff(), RandomState(), PredictionWriter(config.get("output")), HparamsSummary(params),
+            # last.ckpt after every validation: ModelCheckpoint(save_last=True) refreshes it only when
+            # a new best is saved, so "--ckpt_path last" could silently resume from an old epoch.
+            ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
+        ])
+        if hasattr(self.model, "forecast"):
+            trainer.callbacks.append(ForecastPlot())
         return trainer
+
+    def _dumped(self) -> dict[str, Any]:
+        import yaml
+
+        config = self._active(self.config)
+        return yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False, skip_link_targets=False))
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -130,11 +232,12 @@ class SeqCLI(LightningCLI):
             raise
 
     def _check_checkpoint(self) -> None:
-        """Refuse, with one clear message, a checkpoint that is unsafe, unreadable or of another model."""
-        path = self._active(self.config).get("ckpt_path")
-        if not path or path in ("best", "hpc", "registry"):
+        """Refuse, with one clear message, a checkpoint of another model (unsafe and unreadable files
+        were refused when it was loaded)."""
+        checkpoint = self._checkpoint
+        if checkpoint is None:
             return
-        checkpoint = load_checkpoint(path)
+        path = self._active(self.config).get("ckpt_path")
         saved = checkpoint["state_dict"]
         expected = self.model.state_dict()
         if saved.keys() != expected.keys() or any(saved[k].shape != v.shape for k, v in expected.items()):
@@ -158,24 +261,17 @@ class SeqCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_checkpoint()
-        # Not a model hyperparameter: predicting from a checkpoint restores those from the file.
-        self.model.output_path = self._active(self.config).get("output")
 
     def before_fit(self) -> None:
         self._check_checkpoint()
-        # The optimizer and scheduler come from the config, not the model's __init__, so they
-        # would be missing from hparams.yaml and TensorBoard's hparams view; log them too.
-        config = self._active(self.config)
-        extra = {}
-        for key in ("optimizer", "lr_scheduler"):
-            if config.get(key):
-                extra[key] = config[key].class_path
-                extra.update({f"{key}.{k}": v for k, v in vars(config[key].get("init_args", {}) or {}).items()})
-        if extra and self.trainer.logger is not None:
-            self.trainer.logger.log_hyperparams(extra)
+        # hparams.yaml records the model's and data's arguments; add the rest of the experiment.
+        if self.trainer.logger is not None:
+            self.trainer.logger.log_hyperparams({k: v for k, v in self._params.items()
+                                                 if k.startswith(("optimizer", "lr_scheduler", "trainer"))})
 
 
 def main(args: list[str] | None = None) -> None:
+    tune_allocator()
     try:
         SeqCLI(args=args)
     except (InputError, NonFiniteLossError) as error:

@@ -1,85 +1,16 @@
-"""What makes a long run trustworthy: checkpoints that are written atomically and loaded safely,
-exact resumption of random state, and a loud stop on a non-finite loss."""
+"""What makes a long run trustworthy: exact resumption of random state, and a loud stop on a
+non-finite loss (safe checkpoints are :mod:`seqmodels.checkpoints`)."""
 
 from __future__ import annotations
 
-import os
-import pickle
 import random
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import grad_norm
-
-from seqmodels.errors import InvalidInputError
-
-
-class CheckpointError(InvalidInputError):
-    """A checkpoint file that cannot or must not be loaded."""
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """``torch.load(path, weights_only=True)`` with one clear error per way a file can be bad.
-
-    Only tensors and plain data load; a checkpoint that carries pickled Python objects is
-    refused (unpickling it could run arbitrary code), as is a truncated or corrupt file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist. Pass the path of a .ckpt file, or 'last' to resume "
-                              "the newest run of this run_name.")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
-        raise CheckpointError(
-            f"Checkpoint {path} is truncated or corrupt: it is not a PyTorch checkpoint archive (or is one "
-            "written by torch < 1.6). Use another checkpoint, e.g. an earlier best-*.ckpt of the same run."
-        )
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # Most of torch's message is advice to turn the safety off; keep the line that names the object.
-        lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "global" in line]
-        reason = lines[0] if lines else "not plain data"
-        raise CheckpointError(
-            f"Refusing to load checkpoint {path}: it holds pickled Python objects, not just tensors and plain data "
-            f"({reason}). seqmodels loads checkpoints with weights_only=True only; re-save it from trusted code "
-            "with plain state (tensors, numbers, strings, lists, dicts)."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(
-            f"Checkpoint {path} is truncated or corrupt and cannot be read ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no detail'}). Use another checkpoint, e.g. an earlier "
-            "best-*.ckpt of the same run."
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict in it).")
-    return checkpoint
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Writes to a temporary file in the same folder and renames it over the target, so a process
-    killed mid-write leaves the previous checkpoint intact; reads only with ``weights_only=True``."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-        try:
-            with open(partial, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return load_checkpoint(path, map_location=map_location or "cpu")
 
 
 class RandomState(Callback):

@@ -39,7 +39,7 @@ def run(module, x, lengths, state):
     """Outputs, final states and every gradient, for a loss that touches all of them."""
     x = x.clone().requires_grad_()
     state = None if state is None else tuple(s.clone().requires_grad_() for s in state)
-    out, final = module(x, lengths, state if state is None or len(state) == 2 else state[0])
+    out, final = module(x, state if state is None or len(state) == 2 else state[0], lengths=lengths)
     finals = final if isinstance(final, tuple) else (final,)
     weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
     loss = (out * weights).sum() + sum((f.sin() * (i + 1)).sum() for i, f in enumerate(finals))
@@ -108,7 +108,7 @@ def test_native_matches_bare_torch_layer_on_packed_sequences(cell, seed):
             super().__init__()
             self.rnn = bare
 
-        def forward(self, x, lengths, state):
+        def forward(self, x, state, lengths):
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             out, final = self.rnn(packed, state)
             return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], final
@@ -153,7 +153,7 @@ def test_state_is_used_to_continue_a_sequence(cell, impl):
     x = torch.randn(4, 10, 3, dtype=torch.float64)
     whole, final = model(x)
     first, mid = model(x[:, :6])
-    second, final_2 = model(x[:, 6:], state=mid)
+    second, final_2 = model(x[:, 6:], mid)  # torch.nn's positional hx
     torch.testing.assert_close(torch.cat([first, second], 1), whole)
     for a, b in zip(final if isinstance(final, tuple) else (final,), final_2 if isinstance(final_2, tuple) else (final_2,)):
         torch.testing.assert_close(a, b)
@@ -164,7 +164,7 @@ def test_outputs_are_zero_past_each_length_and_state_is_taken_at_the_last_valid_
     torch.manual_seed(0)
     model = LSTM(3, 4, bidirectional=True, impl=impl).double()
     x = torch.randn(2, 5, 3, dtype=torch.float64)
-    out, (h, _) = model(x, torch.tensor([5, 2]))
+    out, (h, _) = model(x, lengths=torch.tensor([5, 2]))
     assert out.shape == (2, 5, model.output_size) == (2, 5, 8)
     assert torch.all(out[1, 2:] == 0)
     alone, (h_alone, _) = model(x[1:, :2])  # the short sequence on its own, unpadded
@@ -188,7 +188,7 @@ def test_bf16_autocast_gives_finite_outputs_and_gradients(cell, impl):
     model = cls(8, 16, num_layers=2, impl=impl, **extra)
     x = torch.randn(3, 50, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = model(x, torch.tensor([50, 3, 17]))
+        out, _ = model(x, lengths=torch.tensor([50, 3, 17]))
         loss = out.float().pow(2).mean()
     loss.backward()
     assert torch.isfinite(out.float()).all()
@@ -235,13 +235,13 @@ def test_bad_inputs_raise_value_error(impl):
     with pytest.raises(ValueError, match="input_size=3"):
         model(torch.randn(2, 5, 4))
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, 5\].*\[0\]"):
-        model(torch.randn(2, 5, 3), torch.tensor([5, 0]))
+        model(torch.randn(2, 5, 3), lengths=torch.tensor([5, 0]))
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, 5\].*\[6\]"):
-        model(torch.randn(2, 5, 3), torch.tensor([6, 2]))
+        model(torch.randn(2, 5, 3), lengths=torch.tensor([6, 2]))
     with pytest.raises(ValueError, match="lengths must be an integer tensor of shape"):
-        model(torch.randn(2, 5, 3), torch.tensor([5.0, 2.0]))
+        model(torch.randn(2, 5, 3), lengths=torch.tensor([5.0, 2.0]))
     with pytest.raises(ValueError, match=r"state tensors must have shape \(1, 2, 4\)"):
-        model(torch.randn(2, 5, 3), state=torch.zeros(1, 3, 4))
+        model(torch.randn(2, 5, 3), hx=torch.zeros(1, 3, 4))
 
 
 def test_dropout_between_layers_only_in_training():
@@ -251,3 +251,21 @@ def test_dropout_between_layers_only_in_training():
     torch.testing.assert_close(model(x)[0], model(x)[0])
     model.train()
     assert not torch.equal(model(x)[0], model(x)[0])
+
+
+@pytest.mark.parametrize("impl", ["native", "scratch"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_called_like_torch_nn_with_a_positional_state(cell, impl):
+    ours_cls, nn_cls, extra = CELLS[cell]
+    torch.manual_seed(0)
+    ours = ours_cls(3, 5, num_layers=2, impl=impl, **extra).double()
+    bare = nn_cls(3, 5, num_layers=2, batch_first=True, **extra).double()
+    bare.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    hx = tuple(torch.randn(2, 2, 5, dtype=torch.float64) for _ in range(2 if cell == "lstm" else 1))
+    hx = hx if cell == "lstm" else hx[0]
+    expected, expected_state = bare(x, hx)
+    out, state = ours(x, hx)
+    torch.testing.assert_close(out, expected)
+    for a, b in zip(state if cell == "lstm" else (state,), expected_state if cell == "lstm" else (expected_state,)):
+        torch.testing.assert_close(a, b)

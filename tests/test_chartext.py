@@ -1,3 +1,4 @@
+import shutil
 from functools import partial
 
 import numpy as np
@@ -5,15 +6,15 @@ import pytest
 import torch
 
 from datamodules import chartext
-from datamodules.chartext import UNKNOWN, CharTextDataModule, Streams, Vocabulary
+from datamodules.chartext import CharTextDataModule, Streams
+from seqmodels.preprocessing import UNKNOWN, CharVocabulary
 from seqmodels import GRU, LSTM
 from seqmodels.cli import main
 from seqmodels.tasks import CharLanguageModel
 
 from .conftest import CONFIGS
+from .helpers import QUIET, TEXT
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n" * 20
 
 
 def text_module(tmp_path, text=TEXT, **kwargs) -> CharTextDataModule:
@@ -26,18 +27,19 @@ def text_module(tmp_path, text=TEXT, **kwargs) -> CharTextDataModule:
 def test_vocabulary_comes_from_the_training_part_and_round_trips(tmp_path):
     dm = text_module(tmp_path, text=TEXT + "Zébra ☃ only in validation" * 3)
     dm.setup("fit")
-    train_text = dm.vocabulary.decode(dm.ids[: dm.split])
+    train_text = dm.preprocessor.decode(dm.ids[: dm.split])
     assert (TEXT + "Zébra")[: dm.split] == train_text  # encode -> decode is the identity on train
-    assert dm.vocabulary.chars[0] == UNKNOWN and dm.vocabulary.chars[1:] == "".join(sorted(set(TEXT)))
-    val = dm.vocabulary.decode(dm.ids[dm.split:])
+    assert dm.preprocessor.chars[0] == UNKNOWN and dm.preprocessor.chars[1:] == "".join(sorted(set(TEXT)))
+    val = dm.preprocessor.decode(dm.ids[dm.split:])
     assert "☃" not in val and UNKNOWN in val  # unseen in training -> the unknown symbol
     assert dm.ids.dtype == np.uint8 and dm.vocab_size == len(set(TEXT)) + 1
-    assert dm.split == len(TEXT + "Zébra ☃ only in validation" * 3) - round(0.1 * len(TEXT + "Zébra ☃ only in validation" * 3))
+    total = len(TEXT + "Zébra ☃ only in validation" * 3)
+    assert dm.split == total - round(0.1 * total)  # 5% validation, then 5% test
 
 
 def test_large_vocabularies_use_wider_ids():
     chars = "".join(chr(0x4E00 + i) for i in range(300))
-    vocabulary = Vocabulary(chars)
+    vocabulary = CharVocabulary(chars)
     assert vocabulary.dtype == np.uint16
     codes = np.frombuffer((chars + "a").encode("utf-32-le"), dtype=np.uint32)
     assert vocabulary.encode_codes(codes).tolist() == list(range(1, 301)) + [0]
@@ -83,16 +85,18 @@ def test_windows_never_cross_the_split(tmp_path):
     for index, inputs, targets in dm.val_dataloader():
         assert inputs.shape[0] == 4
         covered.append(index)
-    streams = Streams(dm.ids, dm.split, len(dm.ids), 4, 16)
+    streams = Streams(dm.ids, dm.split, dm.test_start, 4, 16)
     starts = [dm.split + s * streams.per_stream for s in range(4)]
-    assert min(starts) >= dm.split and starts[-1] + streams.per_stream < len(dm.ids)
+    assert min(starts) >= dm.split and starts[-1] + streams.per_stream < dm.test_start  # never into test
     assert covered == list(range(len(streams)))
+    test_blocks = list(dm.test_dataloader())
+    assert len(test_blocks) == len(Streams(dm.ids, dm.test_start, len(dm.ids), 4, 16)) > 0
 
 
 def tiny_model(vocab_size=10, **kwargs) -> CharLanguageModel:
     torch.manual_seed(0)
     model = CharLanguageModel(vocab_size, partial(LSTM, hidden_size=32), embedding_dim=8, **kwargs)
-    model.vocabulary = Vocabulary("abcdefghi")
+    model.preprocessor = CharVocabulary("abcdefghi")
     return model
 
 
@@ -138,8 +142,8 @@ def test_prompts_of_unknown_characters_are_named():
 
 def test_a_tiny_model_learns_a_repeated_string():
     torch.manual_seed(0)
-    model = CharLanguageModel(5, partial(GRU, hidden_size=32, impl="scratch"), embedding_dim=8, lr=0.02)
-    optimizer = model.configure_optimizers()
+    model = CharLanguageModel(5, partial(GRU, hidden_size=32, impl="scratch"), embedding_dim=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     ids = torch.tensor([[1, 2, 3, 4] * 9])
     for _ in range(150):
         optimizer.zero_grad()
@@ -157,8 +161,14 @@ def test_fit_then_predict_through_main_is_reproducible(tmp_path, in_tmp):
     main(["fit", *args, "--trainer.max_epochs", "2"])
     run = in_tmp / "lightning_logs" / "shakespeare_lstm" / "version_0"
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["vocabulary"] == UNKNOWN + "".join(sorted(set(TEXT)))
+    assert checkpoint["preprocessor"]["state"]["chars"] == UNKNOWN + "".join(sorted(set(TEXT)))
 
+    main(["test", *args, "--ckpt_path", "last"])
+    assert (run / "test" / "version_0").is_dir()
+
+    # The vocabulary travels in the checkpoint: neither the text nor its cache is needed to generate.
+    (in_tmp / "text.txt").unlink()
+    shutil.rmtree(in_tmp / "cache")
     texts = []
     for name in ("a.txt", "b.txt"):
         main(["predict", *args, "--ckpt_path", "last", "--data.prompt", "To be", "--model.length", "40",

@@ -8,8 +8,8 @@ from seqmodels.cli import SeqCLI, main
 from seqmodels.tasks import Forecaster
 
 from .conftest import CONFIGS, REPO
+from .helpers import QUIET
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def test_sine_config_trains_and_its_loss_falls(in_tmp):
@@ -35,9 +35,15 @@ def test_fit_writes_logs_and_checkpoints_then_resume_and_test_from_last(in_tmp):
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["epoch"] == 2
 
-    main(["test", *args, "--ckpt_path", "last"])
+    record = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    main(["test", *args, "--ckpt_path", "last", "--data.batch_size", "7"])
+    main(["predict", *args, "--ckpt_path", "best"])
+    # Evaluation never touches the training run's files (its config.yaml above all); it writes beside them.
+    assert {p: p.read_bytes() for p in record} == record
+    assert "batch_size: 7" in (run / "test" / "version_0" / "config.yaml").read_text()
+    assert (run / "predict" / "version_0" / "forecast.csv").is_file()
     model = Forecaster.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert model.backbone.impl == "scratch" and float(model.std) != 1.0  # scaling travelled
+    assert model.backbone.impl == "scratch" and model.transform.std != 1.0  # scaling travelled
 
 
 def test_resume_from_last_without_any_run_is_a_clear_error(in_tmp):

@@ -9,24 +9,13 @@ from datamodules import SeriesDataModule, SineWaveDataModule
 from datamodules.series import windows
 from seqmodels import GRU, LSTM
 from seqmodels.cli import main
+from seqmodels.preprocessing import SeriesTransform
 from seqmodels.tasks import Forecaster
 from seqmodels.tasks.forecasting import backtest
 
 from .conftest import CONFIGS, real_data_dir
+from .helpers import QUIET, write_monthly_csv
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-def write_monthly_csv(path, n=72, start_year=2000, bad_rows=()):
-    """A positive trending seasonal monthly series, like the airline data."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["Month", "Passengers"])
-        for i in range(n):
-            value = 100 * math.exp(0.01 * i) * (1 + 0.2 * math.sin(2 * math.pi * i / 12))
-            cell = "n/a" if i in bad_rows else f"{value:.3f}"
-            writer.writerow([f"{start_year + i // 12}-{i % 12 + 1:02d}", cell])
-    return path
 
 
 def test_window_targets_never_leave_their_split():
@@ -45,31 +34,30 @@ def test_window_targets_never_leave_their_split():
 
 
 def test_scaling_comes_from_training_values_only(tmp_path):
-    data = SeriesDataModule(path=str(write_monthly_csv(tmp_path / "s.csv")), window=13, val_size=12, test_size=12)
-    model = Forecaster(partial(LSTM, hidden_size=4), log=True, differences=[12])
+    data = SeriesDataModule(path=str(write_monthly_csv(tmp_path / "s.csv")), window=13, val_size=12, test_size=12,
+                            log=True, differences=[12])
     data.setup("fit")
-    model.fit_transform(data.train_values, data.values, data.window)
     train = torch.log(data.values[:48])
     expected = train[12:] - train[:-12]
-    torch.testing.assert_close(model.mean, expected.mean())
-    torch.testing.assert_close(model.std, expected.std())
+    assert data.preprocessor.mean == pytest.approx(float(expected.mean()))
+    assert data.preprocessor.std == pytest.approx(float(expected.std()))
 
 
 @pytest.mark.parametrize("log, differences", [(False, []), (True, []), (True, [1, 12]), (False, [12])])
 def test_inverse_transform_round_trip(log, differences):
-    model = Forecaster(partial(GRU, hidden_size=4), log=log, differences=differences)
+    model = Forecaster(partial(GRU, hidden_size=4), window=30)
     series = 50 + torch.rand(3, 40) * 10
-    model.fit_transform(series[0], series[0], context=30)
+    model.preprocessor = SeriesTransform(log, differences).fit(series[0])
     # predict_next inverts a transformed prediction; feed it the true next value's transform.
     window, nxt = series[:, :30], series[:, 30:31]
-    true_scaled = model.transform(series[:, :31])[:, -1:]
+    true_scaled = model.transform.transform(series[:, :31])[:, -1:]
     model.forward = lambda features: true_scaled
     torch.testing.assert_close(model.predict_next(window), nxt)
 
 
 def test_multistep_forecast_feeds_back_its_own_predictions():
-    model = Forecaster(partial(LSTM, hidden_size=4))
-    model.fit_transform(torch.randn(50), context=5)
+    model = Forecaster(partial(LSTM, hidden_size=4), window=5)
+    model.preprocessor = SeriesTransform().fit(torch.randn(50))
     seen = []
     original = model.predict_next
 
@@ -102,9 +90,10 @@ def test_fit_test_predict_through_main(in_tmp):
     args = ["--config", str(CONFIGS / "airline_gru.yaml"), "--data.path", str(csv_path), "--data.window", "25",
             "--trainer.max_epochs", "3", *QUIET]
     main(["fit", *args])
-    main(["test", *args, "--ckpt_path", "last"])
     run = in_tmp / "lightning_logs" / "airline_gru" / "version_0"
-    assert (run / "forecast.png").stat().st_size > 1000
+    assert (run / "forecast.png").stat().st_size > 1000  # drawn after fit
+    main(["test", *args, "--ckpt_path", "last"])
+    assert (run / "test" / "version_0" / "forecast.png").stat().st_size > 1000  # beside the run, not over it
     main(["predict", *args, "--ckpt_path", "last", "--model.predict_steps", "5", "--output", "out.csv"])
     rows = list(csv.reader(open(in_tmp / "out.csv")))
     assert rows[0] == ["date", "forecast"]
@@ -142,9 +131,8 @@ def test_too_short_series(tmp_path):
 
 
 def test_log_transform_refuses_non_positive_values():
-    model = Forecaster(partial(LSTM, hidden_size=4), log=True)
     with pytest.raises(ValueError, match=r"log=True needs positive values.*positions \[2\]"):
-        model.fit_transform(torch.tensor([1.0, 2.0, 0.0, 3.0]))
+        SeriesTransform(log=True).fit(torch.tensor([1.0, 2.0, 0.0, 3.0]))
 
 
 @pytest.mark.realdata

@@ -1,48 +1,19 @@
 import json
-import random
 from functools import partial
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from datamodules.imdb import BucketSampler, Collate, IMDBDataModule, _Encoder, read_reviews
+from datamodules.imdb import BucketSampler, IMDBDataModule, read_reviews
 from seqmodels import GRU, LSTM
 from seqmodels.cli import main
 from seqmodels.tasks import SequenceClassifier
 from seqmodels.tasks.classification import pool
 
 from .conftest import CONFIGS, real_data_dir
+from .helpers import QUIET, fake_reviews, write_imdb
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-GOOD, BAD = ["great", "wonderful", "superb", "loved"], ["awful", "boring", "dreadful", "hated"]
-FILLER = "the a film movie plot actor scene story it was and of to in this that".split()
-
-
-def fake_reviews(n: int, seed: int, extra_word: str | None = None) -> pd.DataFrame:
-    """Reviews whose label is carried by a few sentiment words among filler, with markup."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 30))]
-        for _ in range(2):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(GOOD if label else BAD))
-        if extra_word:
-            words.append(extra_word)
-        text = " ".join(words).capitalize() + ".<br /><br />" + rng.choice(["Really!", "Well...", "(sigh)"])
-        rows.append({"text": text, "label": label})
-    return pd.DataFrame(rows)
-
-
-def write_imdb(root, train=None, test=None):
-    folder = root / "imdb" / "plain_text"
-    folder.mkdir(parents=True, exist_ok=True)
-    (fake_reviews(80, 0) if train is None else train).to_parquet(folder / "train-00000-of-00001.parquet")
-    (fake_reviews(40, 1, extra_word="zzonlyintest") if test is None else test).to_parquet(
-        folder / "test-00000-of-00001.parquet")
-    return root
 
 
 @pytest.fixture
@@ -63,20 +34,12 @@ def test_split_is_fixed_by_the_seed_and_the_tokenizer_sees_train_only(imdb_root)
     assert sizes == {"train": 64, "val": 16, "test": 40}
     assert np.array_equal(first.datasets["val"].ids, again.datasets["val"].ids)
     assert not np.array_equal(first.datasets["val"].ids, other.datasets["val"].ids)
-    assert first.tokenizer.to_str() == again.tokenizer.to_str()
-    vocab = first.tokenizer.get_vocab()
+    assert first.preprocessor.tokenizer_json == again.preprocessor.tokenizer_json
+    vocab = first.preprocessor.vocabulary()
     assert vocab["[PAD]"] == 0 and vocab["[UNK]"] == 1
     assert "zzonlyintest" not in vocab  # a word only the test split has
     assert "great" in vocab and "br" not in vocab and "<" not in vocab  # markup stripped, lowercased
     assert (first.datasets["test"].ids == 1).sum() >= 40  # ... so it is unknown there
-
-
-def test_bulk_encoding_matches_the_tokenizer_itself(imdb_root):
-    dm = module(imdb_root)
-    dm.setup("fit")
-    texts = ["Ｇｒｅａｔ <br />film!! Loved it.", "AWFUL…boring", "", "İstanbul café naïve"]
-    bulk = _Encoder(dm.tokenizer.to_str())({"text": texts})["input_ids"]
-    assert bulk == [e.ids for e in dm.tokenizer.encode_batch(texts)]
 
 
 def test_encodings_come_back_from_the_cache(imdb_root):
@@ -105,22 +68,12 @@ def test_bucket_sampler_is_a_seeded_permutation_with_little_padding():
     assert padding(epoch0) < 0.1 < padding(np.random.default_rng(0).permutation(1000))
 
 
-def test_collate_pads_and_truncates_on_the_requested_side():
-    items = [(np.array([5, 6, 7, 8]), 1), (np.array([9]), 0), (np.array([], dtype=np.int64), 0)]
-    right = Collate(max_length=3)(items)
-    assert right["input_ids"].tolist() == [[5, 6, 7], [9, 0, 0], [0, 0, 0]]
-    assert right["lengths"].tolist() == [3, 1, 1] and right["labels"].tolist() == [1, 0, 0]
-    left = Collate(max_length=3, padding_side="left", truncation_side="left")(items)
-    assert left["input_ids"].tolist() == [[6, 7, 8], [0, 0, 9], [0, 0, 0]]
-    assert "lengths" not in left
-
-
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_last_pooling_reads_the_true_last_token_under_right_padding(bidirectional):
     torch.manual_seed(0)
     backbone = LSTM(4, 5, num_layers=2, bidirectional=bidirectional)
     x, lengths = torch.randn(3, 7, 4), torch.tensor([7, 2, 4])
-    outputs, state = backbone(x, lengths)
+    outputs, state = backbone(x, lengths=lengths)
     pooled = pool(outputs, state, lengths, "last", backbone.num_directions)
     for row, n in enumerate(lengths.tolist()):
         assert torch.allclose(pooled[row, :5], outputs[row, n - 1, :5])
@@ -145,8 +98,8 @@ def test_a_tiny_model_overfits_a_tiny_set(imdb_root):
     dm = module(imdb_root)
     dm.setup("fit")
     model = SequenceClassifier(dm.vocab_size, partial(LSTM, hidden_size=16, impl="scratch"), embedding_dim=16,
-                               pooling="max", lr=0.02)
-    optimizer = model.configure_optimizers()
+                               pooling="max")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     batch = next(iter(dm.train_dataloader()))
     for _ in range(60):
         optimizer.zero_grad()
@@ -167,7 +120,7 @@ def test_fit_test_predict_through_main_and_the_checkpoint_classifies_raw_text(im
     last = run / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["state_dict"]["embedding.weight"].shape == (60, 8)  # vocab_size linked from the data
-    assert isinstance(checkpoint["tokenizer"], str)
+    assert checkpoint["preprocessor"]["kind"] == "WordTokenizer" and "tokenizer" not in checkpoint  # stored once
 
     main(["test", *args, "--ckpt_path", str(last)])
     reviews = in_tmp / "reviews.txt"
@@ -256,3 +209,50 @@ def test_in_a_distributed_run_each_process_gets_whole_batches_of_its_own(monkeyp
     batches = [h[i: i + 10] for h in halves for i in range(0, len(h), 10)]
     assert {tuple(b) for b in batches} == {tuple(single[i: i + 10]) for i in range(0, len(single), 10)}
     assert set(halves[0]) | set(halves[1]) == set(range(203))
+
+
+@pytest.mark.parametrize("config", ["imdb_lstm", "tutorial/imdb_lstm"])
+def test_predict_and_classify_read_the_test_reviews_exactly_as_test_does(imdb_root, in_tmp, config):
+    """Same truncation, same padding, same batches: the logits of the three paths are equal."""
+    args = ["--config", str(CONFIGS / f"{config}.yaml"), "--data.data_dir", str(imdb_root), "--data.cache_dir",
+            str(imdb_root / "cache"), "--data.val_size", "16", "--data.batch_size", "8", "--data.vocab_size", "60",
+            "--data.max_length", "12", "--data.eval_max_length", "12", "--model.embedding_dim", "8",
+            "--model.backbone.init_args.hidden_size", "8", "--model.backbone.init_args.num_layers", "1", *QUIET]
+    main(["fit", *args, "--trainer.max_epochs", "1", "--run_name", "run"])
+    last = in_tmp / "lightning_logs" / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    model = SequenceClassifier.load_from_checkpoint(last).eval()
+    data = IMDBDataModule(data_dir=str(imdb_root), cache_dir=str(imdb_root / "cache"), val_size=16, batch_size=8,
+                          vocab_size=60, max_length=12, eval_max_length=12,
+                          padding_side="left" if "tutorial" in config else "right",
+                          truncation_side="left" if "tutorial" in config else "right")
+    data.preprocessor = model.preprocessor
+    data.setup("test")
+    texts = fake_reviews(40, 1, extra_word="zzonlyintest")["text"].tolist()
+    with torch.no_grad():
+        tested = {}
+        for batch in data.test_dataloader():
+            logits = model(batch["input_ids"], batch.get("lengths"))
+            for row, label, index in zip(logits, batch["labels"], batch.get("index", [None] * len(logits))):
+                tested.setdefault("logits", []).append(row)
+        reviews = in_tmp / "test_reviews.txt"
+        reviews.write_text("\n".join(texts) + "\n", encoding="utf-8")
+        data.hparams.predict_path = str(reviews)
+        data.setup("predict")
+        predicted = {}
+        for batch in data.predict_dataloader():
+            for row, index in zip(model(batch["input_ids"], batch.get("lengths")), batch["index"].tolist()):
+                predicted[index] = row
+    # test batches and predict batches hold the same reviews in the same (length-sorted) order
+    order = np.argsort([len(model.preprocessor.truncate(ids, False)) for ids in model.preprocessor.encode(texts)],
+                       kind="stable")
+    for position, index in enumerate(order.tolist()):
+        assert torch.equal(tested["logits"][position], predicted[index]), index
+    classified = model.classify(texts, batch_size=8)
+    probabilities = [torch.softmax(predicted[i].float(), -1).max().item() for i in range(len(texts))]
+    assert [r["probability"] for r in classified] == [round(p, 6) for p in probabilities]
+
+    out = in_tmp / "predictions.jsonl"
+    main(["predict", *args, "--ckpt_path", str(last), "--data.predict_path", str(reviews), "--output", str(out)])
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in records] == texts  # in the file's order, though predicted length-sorted
+    assert records == classified

@@ -14,33 +14,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from datamodules import SineWaveDataModule
 from seqmodels import LSTM
+from seqmodels.callbacks import PreprocessingHandoff
 from seqmodels.cli import SeqCLI, main
 from seqmodels.tasks import Forecaster
 from seqmodels.training import NonFiniteLossError, TrainingGuard
 
 from .conftest import CONFIGS, REPO
-from .test_chartext import TEXT
-from .test_imdb import write_imdb
+from .helpers import QUIET, task_args
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-def task_args(task: str, root) -> list[str]:
-    """A tiny, fast run of each task, with dropout so that random state matters."""
-    if task == "sine":
-        return ["--config", str(CONFIGS / "sine_lstm.yaml"), "--data.num_points", "300", "--data.val_size", "40",
-                "--data.test_size", "40", "--model.backbone.init_args.num_layers", "2",
-                "--model.backbone.init_args.dropout", "0.3", "--model.backbone.init_args.hidden_size", "8"]
-    if task == "imdb":
-        write_imdb(root)
-        return ["--config", str(CONFIGS / "imdb_lstm.yaml"), "--data.data_dir", str(root), "--data.cache_dir",
-                str(root / "cache"), "--data.val_size", "16", "--data.batch_size", "16", "--data.vocab_size", "60",
-                "--model.embedding_dim", "8", "--model.backbone.init_args.hidden_size", "8", "--model.dropout", "0.3"]
-    (root / "text.txt").write_text(TEXT, encoding="utf-8")
-    return ["--config", str(CONFIGS / "shakespeare_lstm.yaml"), "--data.path", str(root / "text.txt"),
-            "--data.seq_length", "16", "--data.batch_size", "4", "--data.samples_per_epoch", "32",
-            "--data.cache_dir", str(root / "cache"), "--model.backbone.init_args.hidden_size", "16",
-            "--model.embedding_dim", "8", "--model.dropout", "0.3", "--model.sample_length", "5"]
 
 
 def val_losses(run) -> list[tuple[int, float]]:
@@ -144,7 +125,7 @@ def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_weights_finite(
     L.seed_everything(0)
     model = ExplodingForecaster(partial(LSTM, hidden_size=4))
     data = SineWaveDataModule(num_points=400, val_size=40, test_size=40)
-    trainer = L.Trainer(max_epochs=5, callbacks=[TrainingGuard()], logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=5, callbacks=[TrainingGuard(), PreprocessingHandoff()], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at global step 3 \(epoch 0, batch 3\)"):
         trainer.fit(model, data)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -15,7 +15,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, Mul
 
 from seqmodels.backbones import Backbone
 from seqmodels.errors import InvalidInputError
-from seqmodels.tasks.outputs import output_file
+from seqmodels.preprocessing import WordTokenizer
+from seqmodels.tasks.base import PreprocessedTask
 
 Pooling = Literal["last", "mean", "max"]
 
@@ -40,7 +41,7 @@ def pool(outputs: Tensor, state, lengths: Tensor | None, how: Pooling, num_direc
     return outputs.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)
 
 
-class SequenceClassifier(L.LightningModule):
+class SequenceClassifier(PreprocessedTask):
     """Embedding -> recurrent backbone -> pooling -> dropout -> linear head -> logits.
 
     The loss is cross-entropy on logits (log-softmax inside, numerically stable). Metrics for
@@ -48,10 +49,12 @@ class SequenceClassifier(L.LightningModule):
     ``val/auroc``, ``test/acc``, ...
 
     Batches are dicts: ``input_ids`` ``(batch, time)`` (0 is padding), optional ``lengths``
-    ``(batch,)`` (right padding; without them every position is read), ``labels``.
+    ``(batch,)`` (right padding; without them every position is read), ``labels``; predict
+    batches carry ``index`` and ``text`` instead of labels.
 
-    The tokenizer travels in the checkpoint as its JSON string (taken from the data module at
-    ``fit``), so :meth:`classify` works on raw text after ``load_from_checkpoint`` alone.
+    ``preprocessor`` is the :class:`~seqmodels.preprocessing.WordTokenizer` the data was read
+    with; it travels in the checkpoint, so :meth:`classify` reads raw text exactly as ``test``
+    did after ``load_from_checkpoint`` alone.
 
     Args:
         vocab_size: rows of the embedding table; linked from ``data.vocab_size`` by the CLI.
@@ -60,13 +63,14 @@ class SequenceClassifier(L.LightningModule):
         pooling: how the outputs become one vector (see :func:`pool`).
         num_classes: 2 for sentiment.
         dropout: on the embeddings and on the pooled vector.
-        lr, weight_decay: AdamW's, used when the config gives no ``optimizer``.
         labels: class names written by ``predict``.
     """
 
+    preprocessor: WordTokenizer | None
+    prediction_file = "predictions.jsonl"
+
     def __init__(self, vocab_size: int, backbone: Callable[[int], Backbone], embedding_dim: int = 128,
                  pooling: Pooling = "last", num_classes: int = 2, dropout: float = 0.0,
-                 lr: float = 1e-3, weight_decay: float = 0.0,
                  labels: list[str] | None = None) -> None:
         super().__init__()
         if pooling not in ("last", "mean", "max"):
@@ -78,7 +82,6 @@ class SequenceClassifier(L.LightningModule):
         if len(labels) != num_classes:
             raise InvalidInputError(f"labels names {len(labels)} classes but num_classes is {num_classes}.")
         self.save_hyperparameters()
-        self.output_path: str | None = None  # where predict writes; the CLI's --output
         self.labels = labels
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.backbone = backbone(embedding_dim)
@@ -90,19 +93,27 @@ class SequenceClassifier(L.LightningModule):
             "auroc": MulticlassAUROC(num_classes),
         })
         self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
-        self.tokenizer = None
-        self._predictions: list[dict] = []
+
+    def check_preprocessor(self, preprocessor: WordTokenizer) -> None:
+        if not isinstance(preprocessor, WordTokenizer):
+            raise InvalidInputError(f"A SequenceClassifier reads words: it needs a WordTokenizer, got "
+                                    f"{type(preprocessor).__name__}. Pair it with the IMDB data module.")
+        if preprocessor.vocab_size > self.hparams.vocab_size:
+            raise InvalidInputError(
+                f"The tokenizer has {preprocessor.vocab_size} tokens but the model's embedding has "
+                f"{self.hparams.vocab_size} rows; set model.vocab_size to data.vocab_size."
+            )
 
     def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Token ids ``(batch, time)`` -> logits ``(batch, num_classes)``."""
         x = self.dropout(self.embedding(input_ids))
-        outputs, state = self.backbone(x, lengths)
+        outputs, state = self.backbone(x, lengths=lengths)
         pooled = pool(outputs, state, lengths, self.hparams.pooling, self.backbone.num_directions)
         return self.head(self.dropout(pooled))
 
     def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = self(batch["input_ids"], batch.get("lengths"))
-        return F.cross_entropy(logits.float(), batch["labels"]), logits.float()
+        logits = self(batch["input_ids"], batch.get("lengths")).float()
+        return F.cross_entropy(logits, batch["labels"]), logits
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self._step(batch)
@@ -121,77 +132,45 @@ class SequenceClassifier(L.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_metrics)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def _records(self, logits: Tensor, texts: Sequence[str]) -> list[dict[str, Any]]:
+        probabilities = logits.float().softmax(-1).cpu()
+        confidence, label = probabilities.max(-1)
+        return [{"text": text, "label": self.labels[int(k)], "probability": round(float(p), 6)}
+                for text, k, p in zip(texts, label, confidence)]
 
-    # -- the tokenizer travels with the weights --------------------------------------------
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if stage == "fit" and tokenizer is not None:
-            if tokenizer.get_vocab_size() > self.hparams.vocab_size:
-                raise InvalidInputError(
-                    f"The tokenizer has {tokenizer.get_vocab_size()} tokens but the model's embedding "
-                    f"has {self.hparams.vocab_size} rows; set model.vocab_size to data.vocab_size."
-                )
-            self.tokenizer = tokenizer
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.tokenizer is not None:
-            checkpoint["tokenizer"] = self.tokenizer.to_str()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "tokenizer" in checkpoint:
-            from tokenizers import Tokenizer
-
-            self.tokenizer = Tokenizer.from_str(checkpoint["tokenizer"])
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """``{"index", "text", "label", "probability"}`` per review; ``probability`` is the predicted class's."""
+        logits = self(batch["input_ids"], batch.get("lengths"))
+        records = self._records(logits, batch["text"])
+        for record, index in zip(records, batch["index"].tolist()):
+            record["index"] = index
+        return records
 
     # -- raw text in, labels out -------------------------------------------------------------
 
     @torch.no_grad()
-    def classify(self, texts: Sequence[str], max_length: int | None = None, batch_size: int = 64) -> list[dict]:
-        """``[{"text", "label", "probability"}]`` for raw texts; ``probability`` is the predicted class's.
+    def classify(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """``[{"text", "label", "probability"}]`` for raw texts, in their order.
 
+        Reads them as evaluation does (the tokenizer's ``eval_max_length`` and padding side),
+        in batches of similar length, so it gives ``predict``'s and ``test``'s numbers.
         An empty text still gets a prediction (from the backbone reading one padding token).
-        ``max_length`` keeps the first tokens of long texts (default: all of them).
         """
-        if self.tokenizer is None:
-            raise RuntimeError("This model has no tokenizer: it was neither trained through the IMDB data module "
-                               "nor loaded from a checkpoint of such a run, so it cannot read raw text.")
+        tokenizer = self.require_preprocessor()
         if isinstance(texts, str):
             texts = [texts]
+        texts = list(texts)
+        ids = tokenizer.encode(texts)
+        lengths = [len(tokenizer.truncate(i, training=False)) for i in ids]
+        order = np.argsort(lengths, kind="stable")
         was_training = self.training
         self.eval()
-        results = []
+        results: list[dict[str, Any] | None] = [None] * len(texts)
         for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start: start + batch_size])
-            ids = [e.ids[:max_length] if max_length else e.ids for e in self.tokenizer.encode_batch(chunk)]
-            lengths = torch.tensor([max(len(i), 1) for i in ids])
-            input_ids = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
-            for row, sequence in enumerate(ids):
-                input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-            probabilities = self(input_ids.to(self.device), lengths).float().softmax(-1).cpu()
-            confidence, label = probabilities.max(-1)
-            results.extend({"text": text, "label": self.labels[int(k)], "probability": round(float(p), 6)}
-                           for text, k, p in zip(chunk, label, confidence))
+            rows = order[start: start + batch_size]
+            batch = tokenizer.collate([ids[i] for i in rows], training=False)
+            logits = self(batch["input_ids"].to(self.device), batch.get("lengths"))
+            for row, record in zip(rows, self._records(logits, [texts[i] for i in rows])):
+                results[row] = record
         self.train(was_training)
         return results
-
-    def predict_step(self, batch: list[str], batch_idx: int) -> list[dict]:
-        results = self.classify(batch)
-        self._predictions.extend(results)
-        return results
-
-    def on_predict_epoch_start(self) -> None:
-        self._predictions = []
-
-    def on_predict_epoch_end(self) -> None:
-        path = output_file(self, "predictions.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".part")
-        with open(partial, "w", encoding="utf-8") as f:
-            for record in self._predictions:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        partial.replace(path)
-        print(f"Wrote {len(self._predictions)} predictions to {path}")

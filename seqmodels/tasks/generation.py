@@ -5,27 +5,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmodels.backbones import Backbone
 from seqmodels.errors import InvalidInputError
-from seqmodels.tasks.outputs import output_file
+from seqmodels.preprocessing import CharVocabulary
+from seqmodels.tasks.base import PreprocessedTask
 
 
-class CharLanguageModel(L.LightningModule):
+class CharLanguageModel(PreprocessedTask):
     """Embedding -> recurrent backbone -> dropout -> linear head over the vocabulary.
 
-    Trained on next-character cross-entropy; ``val/loss`` is in nats per character and
-    ``val/bpc`` in bits. Validation reads the held-out text as contiguous streams and carries
-    the recurrent state from one block to the next, so every character is predicted once
-    with all the text before it in its stream as context.
+    Trained on next-character cross-entropy; ``val/loss`` and ``test/loss`` are in nats per
+    character, ``val/bpc`` and ``test/bpc`` in bits. Validation and test read their held-out text
+    as contiguous streams and carry the recurrent state from one block to the next, so every
+    character is predicted once with all the text before it in its stream as context.
 
-    The vocabulary (a string of characters; index 0 is the unknown symbol) is taken from the
-    data module at ``fit`` and saved in the checkpoint, so :meth:`generate` works after
-    ``load_from_checkpoint`` alone.
+    ``preprocessor`` is the :class:`~seqmodels.preprocessing.CharVocabulary` (index 0 is the
+    unknown symbol); it travels in the checkpoint, so :meth:`generate` works after
+    ``load_from_checkpoint`` alone, with no training text.
 
     Args:
         vocab_size: rows of the embedding and of the output layer; linked from ``data.vocab_size``.
@@ -36,14 +36,13 @@ class CharLanguageModel(L.LightningModule):
         locked_dropout: drop the same units at every time step of a sequence (variational or
             "locked" dropout) instead of independently per character: a common regulariser for
             recurrent language models, and 128x fewer random numbers for windows of 128.
-        lr: Adam's learning rate, used when the config gives no ``optimizer``.
         sample_length: characters of the sample logged to TensorBoard at each validation.
         length, temperature, top_k: what ``predict`` generates (from the data module's prompt,
             with the run's ``seed_everything`` as the seed).
     """
 
     def __init__(self, vocab_size: int, backbone: Callable[[int], Backbone], embedding_dim: int = 64,
-                 dropout: float = 0.0, locked_dropout: bool = False, lr: float = 2e-3, sample_length: int = 200,
+                 dropout: float = 0.0, locked_dropout: bool = False, sample_length: int = 200,
                  length: int = 500, temperature: float = 1.0, top_k: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -53,14 +52,28 @@ class CharLanguageModel(L.LightningModule):
             raise InvalidInputError("A language model's backbone must be unidirectional: set bidirectional false.")
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.output_size, vocab_size)
-        self.vocabulary = None
-        self.output_path: str | None = None  # where predict writes; the CLI's --output
-        self._val_state = None
-        self._val_index = -1
+        self._stream_state = None
+        self._stream_index = -1
+
+    prediction_file = "generated.txt"
+
+    @property
+    def vocabulary(self) -> CharVocabulary | None:
+        return self.preprocessor
+
+    def check_preprocessor(self, preprocessor: CharVocabulary) -> None:
+        if not isinstance(preprocessor, CharVocabulary):
+            raise InvalidInputError(f"A CharLanguageModel reads characters: it needs a CharVocabulary, got "
+                                    f"{type(preprocessor).__name__}. Pair it with the CharTextDataModule.")
+        if len(preprocessor) != self.hparams.vocab_size:
+            raise InvalidInputError(
+                f"The data has {len(preprocessor)} characters but the model's vocab_size is "
+                f"{self.hparams.vocab_size}; link model.vocab_size to data.vocab_size."
+            )
 
     def forward(self, ids: Tensor, state=None) -> tuple[Tensor, object]:
         """Ids ``(batch, time)`` -> logits ``(batch, time, vocab_size)`` and the final state."""
-        outputs, state = self.backbone(self.embedding(ids), state=state)
+        outputs, state = self.backbone(self.embedding(ids), state)
         if self.hparams.locked_dropout:
             # Dropout1d zeroes whole channels of (batch, channel, time): one mask per sequence.
             outputs = F.dropout1d(outputs.transpose(1, 2), self.hparams.dropout, self.training).transpose(1, 2)
@@ -77,55 +90,38 @@ class CharLanguageModel(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[int, Tensor, Tensor], batch_idx: int) -> None:
+    def _stream_step(self, batch: tuple[int, Tensor, Tensor], stage: str) -> None:
         index, inputs, targets = batch
         # Carry the state only from the block just before this one in the same streams.
-        state = self._val_state if int(index) == self._val_index + 1 else None
+        state = self._stream_state if int(index) == self._stream_index + 1 else None
         logits, state = self(inputs, state)
-        self._val_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        self._val_index = int(index)
+        self._stream_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        self._stream_index = int(index)
         loss = self._loss(logits, targets)
         count = targets.numel()
-        self.log("val/loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
-        self.log("val/bpc", loss / math.log(2), prog_bar=True, batch_size=count, sync_dist=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
+        self.log(f"{stage}/bpc", loss / math.log(2), prog_bar=True, batch_size=count, sync_dist=True)
+
+    def validation_step(self, batch: tuple[int, Tensor, Tensor], batch_idx: int) -> None:
+        self._stream_step(batch, "val")
+
+    def test_step(self, batch: tuple[int, Tensor, Tensor], batch_idx: int) -> None:
+        self._stream_step(batch, "test")
 
     def on_validation_epoch_start(self) -> None:
-        self._val_state, self._val_index = None, -1
+        self._stream_state, self._stream_index = None, -1
+
+    on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
         if self.vocabulary is None or self.trainer.sanity_checking or self.logger is None:
             return
         experiment = getattr(self.logger, "experiment", None)
         if hasattr(experiment, "add_text"):
-            sample = self.generate("\n", self.hparams.sample_length, temperature=0.8, seed=0)
+            sample = self.generate(self.vocabulary.default_prompt(), self.hparams.sample_length, temperature=0.8,
+                                   seed=0)
             # Markdown in TensorBoard: keep line breaks and spacing as generated.
             experiment.add_text("val/sample", "    " + sample.replace("\n", "\n    "), self.global_step)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-    # -- the vocabulary travels with the weights ---------------------------------------------
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        vocabulary = getattr(datamodule, "vocabulary", None)
-        if stage == "fit" and vocabulary is not None:
-            if len(vocabulary) != self.hparams.vocab_size:
-                raise InvalidInputError(
-                    f"The data has {len(vocabulary)} characters but the model's vocab_size is "
-                    f"{self.hparams.vocab_size}; link model.vocab_size to data.vocab_size."
-                )
-            self.vocabulary = vocabulary
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.vocabulary is not None:
-            checkpoint["vocabulary"] = self.vocabulary.chars
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "vocabulary" in checkpoint:
-            from datamodules.chartext import Vocabulary
-
-            self.vocabulary = Vocabulary(checkpoint["vocabulary"])
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -140,27 +136,25 @@ class CharLanguageModel(L.LightningModule):
         ``seed`` gives the same text. Characters of the prompt the vocabulary lacks read as the
         unknown symbol; a prompt made only of such characters is an error.
         """
-        if self.vocabulary is None:
-            raise RuntimeError("This model has no vocabulary: train it on a CharTextDataModule or load it from such "
-                               "a run's checkpoint before generating.")
+        vocabulary = self.require_preprocessor()
         if length < 0 or temperature < 0 or (top_k is not None and top_k < 1):
             raise InvalidInputError(
                 f"length and temperature must be >= 0 and top_k >= 1, got {length}, {temperature}, {top_k}."
             )
         if not prompt:
             raise InvalidInputError("The prompt is empty; give at least one character (for example a newline).")
-        unknown = self.vocabulary.unknown(prompt)
+        unknown = vocabulary.unknown(prompt)
         if len(set(prompt)) == len(unknown):
             raise InvalidInputError(
                 f"None of the prompt's characters are in the model's vocabulary: {unknown}. The "
-                f"vocabulary has {len(self.vocabulary) - 1} characters, e.g. "
-                f"{self.vocabulary.chars[1:40]!r}."
+                f"vocabulary has {len(vocabulary) - 1} characters, e.g. "
+                f"{vocabulary.chars[1:40]!r}."
             )
         generator = torch.Generator(device=self.device)
         generator.manual_seed(torch.initial_seed() if seed is None else seed)
         was_training = self.training
         self.eval()
-        ids = torch.tensor([self.vocabulary.encode(prompt)], device=self.device)
+        ids = torch.tensor([vocabulary.encode(prompt)], device=self.device)
         logits, state = self(ids)
         out = []
         for _ in range(length):
@@ -177,14 +171,9 @@ class CharLanguageModel(L.LightningModule):
             out.append(int(nxt))
             logits, state = self(nxt.view(1, 1), state)
         self.train(was_training)
-        return self.vocabulary.decode(out)
+        return vocabulary.decode(out)
 
-    def predict_step(self, prompt: str, batch_idx: int) -> str:
-        text = prompt + self.generate(prompt, self.hparams.length, self.hparams.temperature, self.hparams.top_k)
-        path = output_file(self, "generated.txt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".part")
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(path)
-        print(f"Wrote {len(text)} characters to {path}")
-        return text
+    def predict_step(self, prompt: str, batch_idx: int) -> dict[str, str]:
+        """The prompt and ``length`` characters generated after it, seeded by the run's seed."""
+        text = self.generate(prompt, self.hparams.length, self.hparams.temperature, self.hparams.top_k)
+        return {"text": prompt + text}

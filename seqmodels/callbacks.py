@@ -1,0 +1,176 @@
+"""Callbacks: the preprocessing hand-off, the one prediction writer, the forecast plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+from seqmodels.errors import InvalidInputError
+from seqmodels.files import atomic_write
+from seqmodels.preprocessing import ProvidesPreprocessor
+
+
+class PreprocessingHandoff(Callback):
+    """Gives the task the data module's preprocessing object, once its data is set up.
+
+    The data module fits the object on its training split (or holds the one a checkpoint brought,
+    which the CLI gives it as it is built); this hands that same object to the task, which saves it
+    in its checkpoints. Add it to a Trainer to get the same hand-off from Python.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if isinstance(datamodule, ProvidesPreprocessor) and datamodule.preprocessor is not None:
+            pl_module.preprocessor = datamodule.preprocessor
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what ``predict_step`` returned, from one process, atomically, to ``output``.
+
+    Records are dicts; with an ``"index"`` field they are written in index order (predict
+    batches may be sorted by length, or split across processes) without it. The format
+    follows the file name: ``.jsonl`` one JSON object a line, ``.csv`` a header and rows, anything
+    else the ``"text"`` of each record. ``output=None`` writes the task's ``prediction_file`` in
+    the run's log folder.
+    """
+
+    def __init__(self, output: str | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.output = output
+        self.written: Path | None = None
+
+    def path(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        if self.output:
+            return Path(self.output)
+        folder = trainer.log_dir or trainer.default_root_dir
+        return Path(folder) / getattr(pl_module, "prediction_file", "predictions.jsonl")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        parent = self.path(trainer, pl_module).parent
+        if self.output and not parent.is_dir():
+            raise InvalidInputError(f"--output {self.output}: the folder {parent} does not exist. Create it first, "
+                                    "or name a file in an existing folder.")
+
+    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any,
+                           batch_indices: Any) -> None:
+        records = _flatten(predictions)
+        if trainer.world_size > 1:
+            gathered: list[list] = [[] for _ in range(trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        if not trainer.is_global_zero:
+            return
+        if records and "index" in records[0]:
+            unique = {r["index"]: r for r in records}  # a distributed sampler may repeat a few
+            records = [{k: v for k, v in unique[i].items() if k != "index"} for i in sorted(unique)]
+        path = self.path(trainer, pl_module)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: _write(f, path.suffix, records))
+        self.written = path
+        print(f"Wrote {len(records)} predictions to {path}")
+
+
+def _flatten(predictions: Any) -> list[dict]:
+    if isinstance(predictions, dict):
+        return [predictions]
+    records: list[dict] = []
+    for item in predictions or []:
+        records.extend(_flatten(item))
+    return records
+
+
+def _write(f, suffix: str, records: list[dict]) -> None:
+    if suffix == ".jsonl":
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    elif suffix == ".csv":
+        if records:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    else:
+        f.write("\n".join(str(r.get("text", r)) for r in records))
+
+
+class ForecastPlot(Callback):
+    """The series with the model's forecasts of the validation and test spans, as a TensorBoard
+    figure (``forecast`` under IMAGES) and ``forecast.png`` in the run's folder: after ``fit``
+    (and every ``every_n_epochs`` validations, if set) and after ``test``.
+
+    Reads from the data module the series (``values``), its ``dates`` and ``boundaries`` (first
+    validation and test index); draws the one-step forecasts of each span's windows and the
+    recursive forecast of the test span from its start, against the truth.
+    """
+
+    def __init__(self, every_n_epochs: int | None = None) -> None:
+        self.every_n_epochs = every_n_epochs
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        n = self.every_n_epochs
+        if n and not trainer.sanity_checking and (trainer.current_epoch + 1) % n == 0:
+            self.plot(trainer, pl_module, "fit")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plot(trainer, pl_module, "fit")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plot(trainer, pl_module, "test")
+
+    @torch.no_grad()
+    def plot(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        data = trainer.datamodule
+        values = getattr(data, "values", None)
+        if values is None or not hasattr(pl_module, "forecast") or not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        was_training = pl_module.training
+        pl_module.eval()
+        values = values.to(pl_module.device)
+        val_start, test_start = data.boundaries
+        window = pl_module.hparams.window or val_start
+        labels = getattr(data, "dates", None)
+        x = _time_axis(labels, len(values))
+        fig, ax = plt.subplots(figsize=(10, 4))
+        ax.plot(x, values.cpu(), color="black", linewidth=1, label="series")
+        starts = torch.arange(max(val_start, window), len(values))
+        windows = values[starts[:, None] + torch.arange(-window, 0, device=values.device)]
+        one_step = pl_module.predict_next(windows)[:, 0].cpu()
+        ax.plot([x[i] for i in starts.tolist()], one_step, label="one-step forecast")
+        multistep = pl_module.forecast(values[:test_start], len(values) - test_start).cpu()
+        ax.plot(x[test_start:], multistep, label="multi-step forecast from the test start")
+        ax.axvline(x[val_start], color="grey", linestyle=":", linewidth=1)
+        ax.axvline(x[test_start], color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"validation from {labels[val_start] if labels else val_start}, "
+                     f"test from {labels[test_start] if labels else test_start}")
+        ax.set_xlabel("date" if labels else "step")
+        ax.legend(loc="upper left")
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        logger = trainer.logger
+        if logger is not None and hasattr(logger.experiment, "add_figure"):
+            logger.experiment.add_figure(f"{stage}/forecast", fig, global_step=trainer.global_step, close=False)
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(folder / "forecast.png", dpi=100)
+        plt.close(fig)
+        pl_module.train(was_training)
+
+
+def _time_axis(labels: list[str] | None, count: int) -> list:
+    if labels:
+        import pandas as pd
+
+        parsed = pd.to_datetime(pd.Series(labels), errors="coerce")
+        if not parsed.isna().any():
+            return list(parsed)
+    return list(range(count))

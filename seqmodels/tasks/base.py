@@ -1,0 +1,63 @@
+"""What every task shares: the preprocessing object it carries, and the default optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from seqmodels.errors import InvalidInputError
+from seqmodels.preprocessing import Preprocessor, from_checkpoint, to_checkpoint
+
+
+class PreprocessedTask(L.LightningModule):
+    """A LightningModule that carries the preprocessing object its data was read with.
+
+    ``preprocessor`` is set once, by the CLI's hand-off (or by hand: ``model.preprocessor =
+    datamodule.preprocessor`` after ``datamodule.setup("fit")``), saved in every checkpoint as
+    plain data under ``"preprocessor"``, and restored by ``load_from_checkpoint``.
+
+    The optimizer comes from the config's ``optimizer:`` / ``lr_scheduler:`` sections; used
+    from Python without them, :meth:`configure_optimizers` gives Adam with torch's defaults.
+    """
+
+    prediction_file = "predictions.jsonl"  # the file ``predict`` writes when no --output is given
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._preprocessor: Preprocessor | None = None
+
+    @property
+    def preprocessor(self) -> Preprocessor | None:
+        return self._preprocessor
+
+    @preprocessor.setter
+    def preprocessor(self, value: Preprocessor | None) -> None:
+        if value is not None:
+            self.check_preprocessor(value)
+        self._preprocessor = value
+
+    def check_preprocessor(self, preprocessor: Preprocessor) -> None:
+        """Refuse an object this task cannot use (of another kind, or sized for another model)."""
+
+    def require_preprocessor(self) -> Preprocessor:
+        if self._preprocessor is None:
+            raise InvalidInputError(
+                f"This {type(self).__name__} has no preprocessing: it was neither trained through a data module "
+                "nor loaded from a checkpoint of such a run, so it cannot read raw input. Load it with "
+                f"{type(self).__name__}.load_from_checkpoint(path), or set model.preprocessor = "
+                "datamodule.preprocessor after datamodule.setup('fit')."
+            )
+        return self._preprocessor
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._preprocessor is not None:
+            checkpoint["preprocessor"] = to_checkpoint(self._preprocessor)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "preprocessor" in checkpoint:
+            self.preprocessor = from_checkpoint(checkpoint["preprocessor"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters())
