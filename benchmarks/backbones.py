@@ -11,11 +11,11 @@ in milliseconds and tokens per second, scratch vs native and their ratio.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from machine import describe
 
 from seqmodels import GRU, LSTM, RNN
 
@@ -49,12 +49,12 @@ def measure(cls, impl: str, args, steps: int, device: torch.device) -> tuple[flo
 
     def train_step():
         model.zero_grad(set_to_none=True)
-        out, _ = model(x, lengths)
+        out, _ = model(x, lengths=lengths)
         out.sum().backward()
 
     @torch.no_grad()
     def infer():
-        model(x, lengths)
+        model(x, lengths=lengths)
 
     return _time(train_step, device, args.repeats, args.warmup), _time(infer, device, args.repeats, args.warmup)
 
@@ -73,8 +73,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"# torch {torch.__version__} on {name}; batch {args.batch}, input {args.input_size}, "
+    print(describe() if device.type == "cpu" else f"# torch {torch.__version__} on {torch.cuda.get_device_name(device)}")
+    print(f"# batch {args.batch}, input {args.input_size}, "
           f"hidden {args.hidden_size}, layers {args.layers}, float32, {'ragged' if args.lengths else 'full'} lengths")
     cells = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
     for cell in args.cells:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -64,8 +63,9 @@ def train(config: str, minutes: float, extra: list[str]) -> dict:
     cli.trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - start
     final = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]["val/loss"]
+    test = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]["test/loss"]
     sample = cli.model.generate("ROMEO:", 300, temperature=0.8, seed=0)
-    return {"curve": curve.points, "final": final, "seconds": seconds, "steps": cli.trainer.global_step,
+    return {"curve": curve.points, "final": final, "test": test, "seconds": seconds, "steps": cli.trainer.global_step,
             "sample": sample}
 
 
@@ -150,8 +150,7 @@ def main() -> None:
     parser.add_argument("--encoding-only", action="store_true")
     parser.add_argument("--skip-encoding", action="store_true")
     args, passed = parser.parse_known_args()  # the rest goes to every fit, e.g. --model.backbone.init_args.impl native
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(describe())
     if not args.skip_encoding:
         encoding(args.megabytes, Path(args.data_dir) / "tinyshakespeare" / "input.txt")
     if args.encoding_only:
@@ -163,6 +162,7 @@ def main() -> None:
         for seconds, step, loss in result["curve"]:
             print(f"| {seconds / 60:.1f} | {step} | {loss:.4f} | {loss / 0.6931471805599453:.4f} |")
         print(f"| final | {result['steps']} | {result['final']:.4f} | {result['final'] / 0.6931471805599453:.4f} |")
+        print(f"\ntest (last 5%): {result['test']:.4f} nats/char, {result['test'] / 0.6931471805599453:.4f} bpc")
         print(f"\nSample (prompt 'ROMEO:', temperature 0.8, seed 0):\n\nROMEO:{result['sample']}\n", flush=True)
 
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -65,8 +64,7 @@ def main() -> None:
     parser.add_argument("--encoding-only", action="store_true")
     parser.add_argument("--skip-encoding", action="store_true")
     args, passed = parser.parse_known_args()  # the rest goes to every fit, e.g. --trainer.max_epochs 1
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(describe())
 
     if not args.skip_encoding:
         cold, warm, sizes = encoding_times(args.data_dir)

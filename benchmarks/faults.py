@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -104,6 +105,10 @@ def write_data(folder: Path) -> None:
     zero = good.copy()
     zero.loc[5, "Passengers"] = 0
     zero.to_csv(folder / "zero.csv", index=False)
+    good.iloc[::-1].to_csv(folder / "newest_first.csv", index=False)
+    pd.concat([good.head(60), good.iloc[[30]], good.iloc[60:]]).to_csv(folder / "duplicates.csv", index=False)
+    good.to_csv(folder / "semicolons.csv", index=False, sep=";")
+    (folder / "one_line.txt").write_text("To be, or not to be: that is the question. " * 40, encoding="utf-8")
     rows = [{"text": f"{'great wonderful' if i % 2 else 'awful boring'} film number {i}", "label": i % 2}
             for i in range(40)]
     for name, frame in (("imdbdata", pd.DataFrame(rows)),
@@ -187,7 +192,7 @@ def training_faults(folder: Path) -> list[Outcome]:
 
     # Numerical fault: a learning rate that sends the weights to infinity.
     outcomes.append(attempt("loss becomes NaN/inf (learning rate 1e30)", folder, "fit", *SINE, "--run_name", "nan",
-                            "--model.lr", "1e30", "--trainer.gradient_clip_val", "null"))
+                            "--optimizer.lr", "1e30", "--trainer.gradient_clip_val", "null"))
 
     # Config errors: nothing may be written.
     outcomes.append(attempt("typo in a config key (`--trainer.max_epohcs`)", folder, "fit", *SINE,
@@ -198,6 +203,10 @@ def training_faults(folder: Path) -> list[Outcome]:
     outcomes.append(attempt("typo in a YAML config file (`trainr:`)", folder, "fit", "--config", "typo.yaml"))
     outcomes.append(attempt("unknown backbone class in the config", folder, "fit", *SINE,
                             "--model.backbone.class_path", "seqmodels.LTSM"))
+    outcomes.append(attempt("abbreviated option (`--trainer.max_epoch 3`)", folder, "fit", *SINE,
+                            "--trainer.max_epoch", "3"))
+    outcomes.append(attempt("negative backbone size (`hidden_size -4`)", folder, "fit", *SINE,
+                            "--model.backbone.init_args.hidden_size", "-4"))
     return outcomes
 
 
@@ -227,7 +236,14 @@ def data_faults(folder: Path) -> list[Outcome]:
         attempt("CSV: non-numeric and missing values", folder, "fit", *AIRLINE, "--data.path", "nonnumeric.csv"),
         attempt("CSV: series too short for window + splits", folder, "fit", *AIRLINE, "--data.path", "tooshort.csv"),
         attempt("CSV: a zero value with the log transform on", folder, "fit", *AIRLINE, "--data.path", "zero.csv"),
+        attempt("CSV: dates newest first", folder, "fit", *AIRLINE, "--data.path", "newest_first.csv",
+                note="read in time order, said once"),
+        attempt("CSV: duplicate dates", folder, "fit", *AIRLINE, "--data.path", "duplicates.csv"),
+        attempt("CSV: semicolon-separated", folder, "fit", *AIRLINE, "--data.path", "semicolons.csv",
+                note="separator detected"),
         attempt("text: file missing", folder, "fit", *CHARS, "--data.path", "missing.txt"),
+        attempt("text: no newline anywhere", folder, "fit", *CHARS, "--data.path", "one_line.txt",
+                note="samples start from the text's own first character"),
         attempt("text: empty file", folder, "fit", *CHARS, "--data.path", "empty.txt"),
         attempt("text: not UTF-8 (Latin-1)", folder, "fit", *CHARS, "--data.path", "latin1.txt"),
         attempt("text: shorter than one window", folder, "fit", *CHARS, "--data.path", "short.txt"),
@@ -242,7 +258,7 @@ def main() -> None:
         folder = Path(scratch)
         write_data(folder)
         outcomes = training_faults(folder) + data_faults(folder)
-    print(f"# {sys.platform}, torch {torch.__version__}\n")
+    print(describe() + "\n")
     print("| # | fault | exit | traceback | earlier files lost or changed | files left behind | notes |\n"
           "|---:|---|---:|---|---|---|---|")
     for number, o in enumerate(outcomes, 1):

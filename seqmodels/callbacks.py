@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
-from seqmodels.errors import InvalidInputError
+from seqmodels.errors import MissingInputError
 from seqmodels.files import atomic_write
 from seqmodels.preprocessing import ProvidesPreprocessor
 
@@ -54,7 +54,7 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         parent = self.path(trainer, pl_module).parent
         if self.output and not parent.is_dir():
-            raise InvalidInputError(f"--output {self.output}: the folder {parent} does not exist. Create it first, "
+            raise MissingInputError(f"--output {self.output}: the folder {parent} does not exist. Create it first, "
                                     "or name a file in an existing folder.")
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any,

@@ -19,10 +19,11 @@ def tune_allocator() -> bool:
     training step are unmapped when freed and faulted back in, zeroed, at the next step: millions of
     minor page faults and seconds of system time per hundred steps. Raising both thresholds once, at
     start-up, keeps those pages. Skipped when the user set any ``MALLOC_*`` variable (their choice
-    wins) and off glibc. Returns whether the setting was applied.
+    wins), when ``SEQMODELS_TUNE_MALLOC=0``, and off glibc. Returns whether the setting was applied.
     """
     global _DONE
-    if _DONE or not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+    if _DONE or not sys.platform.startswith("linux") or os.environ.get("SEQMODELS_TUNE_MALLOC") == "0" \
+            or any(k.startswith("MALLOC_") for k in os.environ):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -269,3 +269,24 @@ def test_called_like_torch_nn_with_a_positional_state(cell, impl):
     torch.testing.assert_close(out, expected)
     for a, b in zip(state if cell == "lstm" else (state,), expected_state if cell == "lstm" else (expected_state,)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("impl", ["native", "scratch"])
+def test_bf16_autocast_works_where_onednn_has_no_bf16_rnn_kernels(impl):
+    """On a CPU without AVX-512 oneDNN cannot create a bf16 LSTM primitive; the native impl then runs
+    the recurrence in float32. ONEDNN_MAX_CPU_ISA=AVX2 makes an AVX-512 CPU behave like that one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from seqmodels import LSTM, backbones\n"
+        "assert not backbones._cpu_has_bf16_rnn()\n"
+        f"lstm = LSTM(4, 8, impl={impl!r})\n"
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+        "    out, (h, c) = lstm(torch.randn(3, 5, 4), lengths=torch.tensor([5, 2, 3]))\n"
+        "out.float().sum().backward()\n"
+        "assert torch.isfinite(out).all() and lstm.weight_hh_l0.grad is not None\n"
+    )
+    env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -191,3 +191,12 @@ def test_missing_empty_short_and_non_utf8_files_are_clear_errors(tmp_path):
     bad.write_bytes("caf".encode() + "é au lait".encode("latin-1"))
     with pytest.raises(ValueError, match=r"not UTF-8 text: byte 3 \(0xe9\)"):
         CharTextDataModule(path=str(bad), cache_dir=str(tmp_path / "cache")).setup("fit")
+
+
+def test_a_text_without_newlines_trains_and_samples_from_its_own_characters(in_tmp):
+    (in_tmp / "one_line.txt").write_text("abcab cabca " * 30, encoding="utf-8")
+    main(["fit", "--config", str(CONFIGS / "shakespeare_lstm.yaml"), "--data.path", "one_line.txt",
+          "--data.seq_length", "8", "--data.batch_size", "2", "--data.samples_per_epoch", "8", "--data.cache_dir",
+          "cache", "--model.backbone.init_args.hidden_size", "8", "--model.embedding_dim", "4",
+          "--model.sample_length", "5", "--trainer.max_epochs", "1", *QUIET])
+    assert CharVocabulary(" abc").default_prompt() == " "

@@ -8,7 +8,7 @@ from seqmodels.cli import SeqCLI, main
 from seqmodels.tasks import Forecaster
 
 from .conftest import CONFIGS, REPO
-from .helpers import QUIET
+from .helpers import QUIET, write_monthly_csv
 
 
 
@@ -90,3 +90,103 @@ def test_bad_input_found_after_the_run_folder_exists_removes_that_folder(in_tmp)
 def test_every_backbone_plugs_into_the_forecaster(in_tmp, cell, impl):
     main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), "--model.backbone", f"seqmodels.{cell}",
           "--model.backbone.hidden_size", "8", "--model.backbone.impl", impl, "--trainer.fast_dev_run", "2", *QUIET])
+
+
+def test_abbreviated_options_are_refused(in_tmp):
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "fit", "--config", str(CONFIGS / "sine_lstm.yaml"),
+                             "--trainer.max_epoch", "1"], capture_output=True, text=True, cwd=in_tmp)
+    assert result.returncode == 2 and "max_epoch" in result.stderr
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_default_root_dir_moves_everything_a_run_writes_and_last_is_found_there(in_tmp):
+    args = ["--config", str(CONFIGS / "sine_lstm.yaml"), "--data.num_points", "300", "--data.val_size", "40",
+            "--data.test_size", "40", "--trainer.default_root_dir", "elsewhere", *QUIET]
+    main(["fit", *args, "--trainer.max_epochs", "1"])
+    assert (in_tmp / "elsewhere" / "lightning_logs" / "sine_lstm" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    main(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    main(["test", *args, "--ckpt_path", "best"])
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["elsewhere"]  # nothing in the working directory
+    assert (in_tmp / "elsewhere" / "lightning_logs" / "sine_lstm" / "version_0" / "test" / "version_0").is_dir()
+
+
+def test_a_bad_backbone_size_is_the_backbones_own_one_line_message(in_tmp):
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "fit", "--config", str(CONFIGS / "sine_lstm.yaml"),
+                             "--model.backbone.init_args.hidden_size", "-4"], capture_output=True, text=True, cwd=in_tmp)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: hidden_size must be an integer >= 1, got -4."
+
+
+def test_the_private_lightning_cli_methods_we_override_still_exist():
+    """SeqCLI overrides private LightningCLI methods; an upgrade that renames them must fail here,
+    loudly, instead of silently skipping our checkpoint and hand-off logic."""
+    import inspect
+
+    from lightning.pytorch.cli import LightningCLI, _InstantiatorFn
+
+    for name in ("_parse_ckpt_path", "_run_subcommand", "_add_instantiators", "_parser"):
+        assert callable(getattr(LightningCLI, name, None)), name
+    assert "applied_instantiation_links" in inspect.signature(_InstantiatorFn.__call__).parameters
+    source = inspect.getsource(LightningCLI.__init__)
+    assert "self._parse_ckpt_path()" in source and "self._add_instantiators()" in source
+
+
+def test_every_run_fills_tensorboards_hparams_view(in_tmp):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), "--data.num_points", "300", "--data.val_size", "40",
+          "--data.test_size", "40", "--trainer.max_epochs", "1", *QUIET])
+    events = EventAccumulator(str(in_tmp / "lightning_logs" / "sine_lstm" / "version_0"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    params = dict(start.hparams)
+    assert params["backbone/class_path"].string_value == "seqmodels.LSTM"
+    assert params["backbone/init_args/hidden_size"].number_value == 32
+    assert params["optimizer/init_args/lr"].number_value == 0.01
+    assert "hp/best_val_loss" in events.Tags()["scalars"]
+
+
+def test_each_task_predicts_from_its_checkpoint_in_an_empty_folder_without_data(tmp_path, monkeypatch):
+    """The checkpoint alone carries what turns raw input into predictions: no training data, no
+    caches, no SEQMODELS_DATA_DIR (``main.py predict`` and the Python API)."""
+    from seqmodels.tasks import CharLanguageModel, SequenceClassifier
+
+    from .helpers import task_args
+
+    trained, empty = tmp_path / "trained", tmp_path / "empty"
+    trained.mkdir(), empty.mkdir()
+    monkeypatch.chdir(trained)
+    checkpoints = {}
+    for task in ("sine", "imdb", "chars"):
+        main(["fit", *task_args(task, trained), *QUIET, "--trainer.max_epochs", "1", "--run_name", task])
+        checkpoints[task] = str(trained / "lightning_logs" / task / "version_0" / "checkpoints" / "last.ckpt")
+    monkeypatch.delenv("SEQMODELS_DATA_DIR", raising=False)
+    monkeypatch.setenv("SEQMODELS_CACHE_DIR", str(empty / "cache"))
+    monkeypatch.chdir(empty)
+    (empty / "reviews.txt").write_text("A great film\nAwful.\n", encoding="utf-8")
+    write_monthly_csv(empty / "series.csv", n=80)
+    gone = ["--data.data_dir", str(empty / "nowhere")]
+    main(["predict", "--config", str(CONFIGS / "airline_gru.yaml"), "--data.path", "series.csv",
+          "--data.log", "false", "--data.differences", "[]", "--data.window", "32", "--data.val_size", "10",
+          "--data.test_size", "10", "--model.backbone.init_args.num_layers", "2", "--model.backbone.class_path",
+          "seqmodels.LSTM", "--model.backbone.init_args.hidden_size", "8", "--model.backbone.init_args.impl",
+          "scratch", "--model.backbone.init_args.dropout", "0.3", "--ckpt_path", checkpoints["sine"],
+          "--output", "forecast.csv", *QUIET])
+    imdb_args = [a for a in task_args("imdb", tmp_path / "unused") if "unused" not in a and a not in (
+        "--data.data_dir", "--data.cache_dir")]
+    main(["predict", *imdb_args, *gone, "--ckpt_path", checkpoints["imdb"], "--data.predict_path", "reviews.txt",
+          "--output", "labels.jsonl", *QUIET])
+    chars_args = [a for a in task_args("chars", tmp_path / "unused") if "unused" not in a and a not in (
+        "--data.path", "--data.cache_dir")]
+    main(["predict", *chars_args, *gone, "--ckpt_path", checkpoints["chars"], "--data.prompt", "To",
+          "--model.length", "10", "--output", "text.txt", *QUIET])
+    assert len((empty / "forecast.csv").read_text().splitlines()) == 13
+    assert len((empty / "labels.jsonl").read_text().splitlines()) == 2
+    assert len((empty / "text.txt").read_text(encoding="utf-8")) == 12
+    assert SequenceClassifier.load_from_checkpoint(checkpoints["imdb"]).classify(["Great."])[0]["label"]
+    assert len(CharLanguageModel.load_from_checkpoint(checkpoints["chars"]).generate("To", 5, seed=0)) == 5
+    assert Forecaster.load_from_checkpoint(checkpoints["sine"]).forecast(torch.randn(40), 3).shape == (3,)
+    assert sorted(p.name for p in empty.iterdir()) == ["forecast.csv", "labels.jsonl", "lightning_logs",
+                                                      "reviews.txt", "series.csv", "text.txt"]

@@ -2,11 +2,12 @@ import csv
 import math
 from functools import partial
 
+import pandas as pd
 import pytest
 import torch
 
 from datamodules import SeriesDataModule, SineWaveDataModule
-from datamodules.series import windows
+from datamodules.series import next_dates, read_series_csv, windows
 from seqmodels import GRU, LSTM
 from seqmodels.cli import main
 from seqmodels.preprocessing import SeriesTransform
@@ -150,3 +151,51 @@ def test_every_forecasting_config_runs(in_tmp, config):
     csv_path = write_monthly_csv(in_tmp / "series.csv", n=120)
     main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), "--data.path", str(csv_path),
           "--trainer.fast_dev_run", "2", *QUIET])
+
+
+@pytest.mark.parametrize("dates, expected", [
+    (["2024-03-29", "2024-03-30", "2024-03-31"], ["2024-04-01", "2024-04-02", "2024-04-03"]),
+    (["2024-01-01", "2024-01-08", "2024-01-15"], ["2024-01-22", "2024-01-29", "2024-02-05"]),
+    (["1960-10", "1960-11", "1960-12"], ["1961-01", "1961-02", "1961-03"]),
+    (["2023-03-31", "2023-06-30", "2023-09-30"], ["2023-12-31", "2024-03-31", "2024-06-30"]),
+    (["2024-01-01 22:00", "2024-01-01 23:00", "2024-01-02 00:00"],
+     ["2024-01-02 01:00:00", "2024-01-02 02:00:00", "2024-01-02 03:00:00"]),
+])
+def test_future_dates_continue_the_series_own_frequency(dates, expected):
+    assert next_dates(dates, len(dates), 3) == expected
+
+
+def test_irregular_dates_fall_back_to_step_numbers_and_say_so(capsys):
+    assert next_dates(["2024-01-01", "2024-01-02", "2024-01-05", "2024-01-06"], 4, 2) == ["4", "5"]
+    assert "irregular" in capsys.readouterr().out
+
+
+def test_newest_first_rows_are_read_in_time_order_and_semicolons_are_sniffed(tmp_path, capsys):
+    rows = [(f"2024-01-{d:02d}", float(d)) for d in range(1, 11)]
+    (tmp_path / "s.csv").write_text("Date;Sales\n" + "".join(f"{d};{v}\n" for d, v in reversed(rows)))
+    values, dates = read_series_csv(tmp_path / "s.csv", None, None)
+    assert values.tolist() == [float(d) for d in range(1, 11)] and dates[0] == "2024-01-01"
+    assert "newest first" in capsys.readouterr().out
+
+
+def test_duplicate_dates_are_refused_with_their_lines(tmp_path):
+    (tmp_path / "s.csv").write_text("Date,Sales\n2024-01-01,1\n2024-01-02,2\n2024-01-02,3\n")
+    with pytest.raises(ValueError, match=r"duplicate dates \('2024-01-02' and others, at lines \[3, 4\]\)"):
+        read_series_csv(tmp_path / "s.csv", None, None)
+
+
+def test_horizon_is_set_once_on_the_data_and_reaches_the_model(in_tmp):
+    main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), "--data.horizon", "4", "--trainer.fast_dev_run", "2",
+          *QUIET])
+
+
+def test_predict_writes_daily_dates_after_a_daily_series(in_tmp):
+    start = pd.Timestamp("2024-01-01")
+    lines = "".join(f"{(start + pd.Timedelta(days=i)).date()},{10 + math.sin(i / 3):.4f}\n" for i in range(120))
+    (in_tmp / "daily.csv").write_text("date,value\n" + lines)
+    args = ["--config", str(CONFIGS / "airline_gru.yaml"), "--data.path", "daily.csv", "--data.window", "20",
+            "--data.log", "false", "--data.differences", "[]", "--data.test_size", "20", *QUIET]
+    main(["fit", *args, "--trainer.max_epochs", "1"])
+    main(["predict", *args, "--ckpt_path", "last", "--model.predict_steps", "3", "--output", "f.csv"])
+    rows = list(csv.reader(open(in_tmp / "f.csv")))
+    assert [r[0] for r in rows[1:]] == ["2024-04-30", "2024-05-01", "2024-05-02"]
