@@ -35,7 +35,7 @@ def run(task: str, steps: int, tuned: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         args = [str(REPO / a) if a.startswith("configs/") else a for a in TASKS[task]]
         command = ["/usr/bin/time", "-v", sys.executable, str(REPO / "main.py"), "fit", *args, *QUIET,
-                   "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1000", "--trainer.logger", "false"]
+                   "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1000"]
         result = subprocess.run(command, capture_output=True, text=True, cwd=folder, env=env)
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])

@@ -74,8 +74,13 @@ class HparamsSummary(Callback):
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"class_path": C, "init_args": {"backbone": ...}}}`` -> ``{"model": C,
+    "model.backbone": ..., "model.backbone.hidden_size": 128}``: the names the HPARAMS view shows."""
     if isinstance(config, dict):
         items: dict[str, Any] = {}
+        if "class_path" in config:
+            items[prefix[:-1]] = config["class_path"]
+            config = config.get("init_args") or {}
         for key, value in config.items():
             items.update(_flatten(value, f"{prefix}{key}."))
         return items
@@ -145,36 +150,55 @@ class SeqCLI(LightningCLI):
         config = self.config[subcommand]
         path = config.get("ckpt_path")
         if path in ("last", "best"):
-            try:
-                resolved, version = find_checkpoint(path, self.log_root / config["run_name"])
-            except CheckpointError as error:
-                raise SystemExit(f"error: {error}") from None
+            resolved, version = find_checkpoint(path, self.log_root / config["run_name"])
             config.ckpt_path = str(resolved)
             if subcommand == "fit" and path == "last":
                 self._resume_version = version
             path = str(resolved)
         if path and path not in ("hpc", "registry"):
-            try:
-                self._checkpoint = load_checkpoint(path)
-            except CheckpointError as error:
-                raise SystemExit(f"error: {error}") from None
+            self._checkpoint = load_checkpoint(path)
 
     def _add_instantiators(self) -> None:
         super()._add_instantiators()
-        lightning_data = _InstantiatorFn(cli=self, key="data")
+        self._input_error: InputError | None = None
 
-        def data_with_checkpoint_preprocessing(class_type, *args, applied_instantiation_links: dict, **kwargs):
-            datamodule = lightning_data(class_type, *args, applied_instantiation_links=applied_instantiation_links,
-                                        **kwargs)
-            if self._checkpoint is not None and "preprocessor" in self._checkpoint:
-                preprocessor = from_checkpoint(self._checkpoint["preprocessor"])
-                # A checkpoint of another task is refused with a clear message once the model is built.
-                if isinstance(preprocessor, getattr(datamodule, "preprocessor_type", ())):
-                    datamodule.preprocessor = preprocessor
-            return datamodule
+        def keeping_input_errors(key: str):
+            lightning = _InstantiatorFn(cli=self, key=key)
 
-        self.parser.add_instantiator(data_with_checkpoint_preprocessing, L.LightningDataModule, subclasses=True,
-                                     prepend=True)
+            def instantiate(class_type, *args, applied_instantiation_links: dict, **kwargs):
+                try:
+                    instance = lightning(class_type, *args, applied_instantiation_links=applied_instantiation_links,
+                                         **kwargs)
+                except InputError as error:
+                    # jsonargparse would fold the message into a union-type report; keep the error itself.
+                    self._input_error = error
+                    raise
+                if key == "data":
+                    self._give_checkpoint_preprocessing(instance)
+                return instance
+
+            return instantiate
+
+        for key, base in (("model", L.LightningModule), ("data", L.LightningDataModule)):
+            self.parser.add_instantiator(keeping_input_errors(key), base, subclasses=True, prepend=True)
+
+    def _give_checkpoint_preprocessing(self, datamodule: L.LightningDataModule) -> None:
+        """A checkpoint's preprocessing goes to the data module as it is built, before sizes are
+        linked from it, so nothing has to be fitted on (or even read from) the training data."""
+        if self._checkpoint is None or "preprocessor" not in self._checkpoint:
+            return
+        preprocessor = from_checkpoint(self._checkpoint["preprocessor"])
+        # A checkpoint of another task is refused with a clear message once the model is built.
+        if isinstance(preprocessor, getattr(datamodule, "preprocessor_type", ())):
+            datamodule.preprocessor = preprocessor
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError:
+            if self._input_error is not None:
+                raise self._input_error from None
+            raise
 
     def _logger(self, config) -> TensorBoardLogger:
         subcommand = self.subcommand or "fit"

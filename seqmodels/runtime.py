@@ -30,7 +30,10 @@ def tune_allocator() -> bool:
         libc.gnu_get_libc_version  # glibc only: musl has no mallopt semantics to rely on
     except (OSError, AttributeError):
         return False
-    # 32 MiB is the largest mmap threshold glibc accepts on 64-bit; above it a block is mmapped anyway.
-    applied = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    # As MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ of a few GiB would (mallopt takes an int):
+    # measured on the char LM, 3.5 million minor faults -> 0.24 million, 27.5 s -> 21.8 s (docs/results.md).
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    largest = 2**31 - 1
+    applied = libc.mallopt(_M_MMAP_THRESHOLD, largest) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, largest) == 1
     _DONE = applied
     return applied

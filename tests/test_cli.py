@@ -142,9 +142,9 @@ def test_every_run_fills_tensorboards_hparams_view(in_tmp):
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     params = dict(start.hparams)
-    assert params["backbone/class_path"].string_value == "seqmodels.LSTM"
-    assert params["backbone/init_args/hidden_size"].number_value == 32
-    assert params["optimizer/init_args/lr"].number_value == 0.01
+    assert params["model.backbone"].string_value == "seqmodels.LSTM"
+    assert params["model.backbone.hidden_size"].number_value == 32
+    assert params["data.window"].number_value == 32 and params["optimizer.lr"].number_value == 0.01
     assert "hp/best_val_loss" in events.Tags()["scalars"]
 
 
@@ -188,5 +188,5 @@ def test_each_task_predicts_from_its_checkpoint_in_an_empty_folder_without_data(
     assert SequenceClassifier.load_from_checkpoint(checkpoints["imdb"]).classify(["Great."])[0]["label"]
     assert len(CharLanguageModel.load_from_checkpoint(checkpoints["chars"]).generate("To", 5, seed=0)) == 5
     assert Forecaster.load_from_checkpoint(checkpoints["sine"]).forecast(torch.randn(40), 3).shape == (3,)
-    assert sorted(p.name for p in empty.iterdir()) == ["forecast.csv", "labels.jsonl", "lightning_logs",
+    assert sorted(p.name for p in empty.iterdir()) == ["forecast.csv", "labels.jsonl",
                                                       "reviews.txt", "series.csv", "text.txt"]
