@@ -342,7 +342,10 @@ def read_reviews(path: str | None) -> list[str]:
     if not file.is_file():
         raise MissingInputError(f"data.predict_path {file} does not exist. Give a text file with one review per "
                                 "line, or a .jsonl file of {\"text\": ...} objects.")
-    lines = file.read_text(encoding="utf-8").splitlines()
+    # Lines end at "\n" (or "\r\n") only: str.splitlines() would also cut a review at U+2028 or \x85.
+    lines = file.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
     if file.suffix != ".jsonl":
         return lines
     texts = []

@@ -89,6 +89,7 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 class SeqCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
+        tune_allocator()
         kwargs.setdefault("args", None)
         no_abbreviations = {"allow_abbrev": False}  # --trainer.max_epoch must not pass for max_epochs
         super().__init__(
@@ -295,7 +296,6 @@ class SeqCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    tune_allocator()
     try:
         SeqCLI(args=args)
     except (InputError, NonFiniteLossError) as error:

@@ -256,3 +256,9 @@ def test_predict_and_classify_read_the_test_reviews_exactly_as_test_does(imdb_ro
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in records] == texts  # in the file's order, though predicted length-sorted
     assert records == classified
+
+
+def test_a_review_with_unicode_line_separators_stays_one_review(tmp_path):
+    reviews = tmp_path / "r.txt"
+    reviews.write_text("first\u2028still first\x85and still\r\nsecond\n", encoding="utf-8")
+    assert read_reviews(str(reviews)) == ["first\u2028still first\x85and still", "second"]
