@@ -34,12 +34,38 @@ from torch.optim import Optimizer
 
 from seqmodels.callbacks import ForecastPlot, PredictionWriter, PreprocessingHandoff
 from seqmodels.checkpoints import CheckpointError, SafeCheckpointIO, find_checkpoint, load_checkpoint
-from seqmodels.errors import InputError
+from seqmodels.errors import InputError, InvalidInputError
+from seqmodels.export import Format, export
 from seqmodels.preprocessing import from_checkpoint
 from seqmodels.runtime import tune_allocator
 from seqmodels.training import NonFiniteLossError, RandomState, TrainingGuard
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
+
+
+class SeqTrainer(L.Trainer):
+    """Lightning's Trainer, plus the ``export`` subcommand of the CLI."""
+
+    def export(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,
+               ckpt_path: str | None = None, format: Format = "onnx", output: str | None = None) -> list[Path]:
+        """Write the model of a checkpoint as a graph that serves without Lightning (ONNX, TorchScript
+        or a torch.export ExportedProgram), with its preprocessing beside it (see seqmodels.export).
+
+        Args:
+            ckpt_path: the checkpoint: a path, ``last`` or ``best`` of the config's run.
+            format: ``onnx``, ``torchscript`` or ``exported-program``.
+            output: the graph's file; ``<output>.json`` (and for a classifier
+                ``<output>.tokenizer.json``) are written beside it.
+        """
+        if not ckpt_path or not output:
+            raise InvalidInputError("export needs --ckpt_path (a .ckpt file, 'last' or 'best') and --output (the file "
+                                    "to write, e.g. model.onnx).")
+        checkpoint = load_checkpoint(ckpt_path)
+        model.load_state_dict(checkpoint["state_dict"])
+        model.on_load_checkpoint(checkpoint)
+        written = export(model, format, output)
+        print("Wrote " + ", ".join(str(p) for p in written))
+        return written
 
 
 class HparamsSummary(Callback):
@@ -102,6 +128,7 @@ class SeqCLI(LightningCLI):
             trainer_defaults={"gradient_clip_val": 1.0},
             seed_everything_default=0,
             parser_kwargs={**no_abbreviations, **{name: dict(no_abbreviations) for name in SUBCOMMANDS}},
+            trainer_class=SeqTrainer,
             **kwargs,
         )
 
@@ -126,6 +153,17 @@ class SeqCLI(LightningCLI):
         for source, target in (("vocab_size", "vocab_size"), ("window", "window"), ("horizon", "horizon")):
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
         parser.link_arguments("model.init_args.predict_steps", "data.init_args.predict_steps")
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # export's --output is the CLI's own (predict's too), added in add_arguments_to_parser.
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule", "output"}}
+
+    def export(self, **kwargs) -> None:
+        self.trainer.export(**kwargs, output=self._active(self.config)["output"])
+
+    def before_export(self) -> None:
+        self._check_checkpoint()
 
     # -- checkpoints and where a run writes -----------------------------------------------------
 

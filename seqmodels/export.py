@@ -1,0 +1,180 @@
+"""A trained task as a graph that serves without Lightning or seqmodels: ONNX, TorchScript or a
+``torch.export`` ExportedProgram, with the preprocessing written beside it.
+
+Every graph runs the backbone's native layers: a scratch checkpoint has the very same parameters,
+so it exports through them and the private oneDNN op of the scratch cells never reaches a graph.
+Batch size and sequence length are dynamic.
+
+* classifier: ``input_ids`` (batch, time) int64 [, ``lengths`` (batch,) int64 with right
+  padding] -> ``probabilities`` (batch, classes); the tokenizer's own JSON beside the graph
+  (``<output>.tokenizer.json``) normalises, truncates and pads exactly as ``test`` read reviews.
+* forecaster: ``window`` (batch, window) raw values -> ``forecast`` (batch, horizon) raw values;
+  the series transform (log, differencing, scaling) is inside the graph.
+* char model: ``ids`` (batch, time) int64 and the state (``h``, and ``c`` for an LSTM, each
+  (layers, batch, hidden)) -> ``logits`` (batch, time, vocab) and the next state; the vocabulary
+  is in the metadata file.
+
+``<output>.json`` names the task, the inputs and outputs, the labels and the preprocessing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from seqmodels.backbones import Backbone
+from seqmodels.errors import InvalidInputError, MissingInputError
+from seqmodels.files import atomic_path, atomic_write
+from seqmodels.preprocessing import SeriesTransform, WordTokenizer, to_checkpoint
+from seqmodels.tasks import CharLanguageModel, Forecaster, SequenceClassifier
+from seqmodels.tasks.classification import pool
+
+Format = Literal["onnx", "torchscript", "exported-program"]
+FORMATS = ("onnx", "torchscript", "exported-program")
+
+
+def _native(backbone: Backbone) -> Backbone:
+    native = copy.deepcopy(backbone)
+    native.impl = "native"
+    return native
+
+
+class ClassifierGraph(nn.Module):
+    def __init__(self, model: SequenceClassifier) -> None:
+        super().__init__()
+        self.embedding, self.head = model.embedding, model.head
+        self.backbone = _native(model.backbone)
+        self.pooling = model.hparams.pooling
+
+    def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
+        outputs, state = self.backbone._native(self.embedding(input_ids), lengths, None)
+        pooled = pool(outputs, state, lengths, self.pooling, self.backbone.num_directions)
+        return self.head(pooled).softmax(-1)
+
+
+class ForecasterGraph(nn.Module):
+    def __init__(self, model: Forecaster) -> None:
+        super().__init__()
+        self.backbone, self.head = _native(model.backbone), model.head
+        self.transform: SeriesTransform = model.transform
+
+    def forward(self, window: Tensor) -> Tensor:
+        features = self.transform.transform(window)
+        outputs, _ = self.backbone._native(features.unsqueeze(-1), None, None)
+        return self.transform.inverse_next(self.head(outputs[:, -1]), window)
+
+
+class CharGraph(nn.Module):
+    def __init__(self, model: CharLanguageModel) -> None:
+        super().__init__()
+        self.embedding, self.head = model.embedding, model.head
+        self.backbone = _native(model.backbone)
+
+    def forward(self, ids: Tensor, h: Tensor, c: Tensor | None = None) -> tuple[Tensor, ...]:
+        state = h if c is None else (h, c)
+        outputs, state = self.backbone._native(self.embedding(ids), None, state)
+        return (self.head(outputs), *(state if isinstance(state, tuple) else (state,)))
+
+
+def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], list[str], list[str], dict[str, Any]]:
+    """The servable module of a task, an example input, input and output names, dynamic axes."""
+    model = model.cpu().float().eval()
+    preprocessor = model.require_preprocessor()
+    if isinstance(model, SequenceClassifier):
+        graph = ClassifierGraph(model).eval()
+        ids = torch.randint(2, model.hparams.vocab_size, (3, 7))
+        if preprocessor.padding_side == "left":
+            return graph, (ids,), ["input_ids"], ["probabilities"], {"input_ids": {0: "batch", 1: "time"}}
+        lengths = torch.tensor([7, 3, 5])  # ragged, so the packed path is the one recorded
+        return (graph, (ids, lengths), ["input_ids", "lengths"], ["probabilities"],
+                {"input_ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"}})
+    if isinstance(model, Forecaster):
+        window = model.hparams.window or 2 + preprocessor.lost
+        values = torch.rand(2, window) + 1.0  # positive, for a log transform
+        return ForecasterGraph(model).eval(), (values,), ["window"], ["forecast"], {"window": {0: "batch"}}
+    if isinstance(model, CharLanguageModel):
+        backbone = model.backbone
+        shape = (backbone.num_layers, 2, backbone.hidden_size)
+        state = (torch.zeros(shape), torch.zeros(shape)) if isinstance(backbone, nn.LSTM) else (torch.zeros(shape),)
+        names = ["h", "c"][: len(state)]
+        ids = torch.randint(1, model.hparams.vocab_size, (2, 5))
+        axes = {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
+        axes.update({name: {1: "batch"} for name in names})
+        axes.update({f"{name}_out": {1: "batch"} for name in names})
+        return CharGraph(model).eval(), (ids, *state), ["ids", *names], ["logits", *[f"{n}_out" for n in names]], axes
+    raise InvalidInputError(f"Cannot export a {type(model).__name__}: only seqmodels' three tasks are exportable.")
+
+
+def export(model: torch.nn.Module, format: Format, output: str | Path) -> list[Path]:
+    """Write ``model`` as ``format`` to ``output`` and its preprocessing beside it; returns the files.
+
+    Each file is written to a temporary name and renamed into place, so a failed export leaves
+    nothing half-written."""
+    if format not in FORMATS:
+        raise InvalidInputError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise MissingInputError(f"--output {output}: the folder {output.parent} does not exist. Create it first.")
+    graph, example, inputs, outputs, axes = graph_of(model)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python-side checks it records as constants
+        with atomic_path(output) as partial:
+            if format == "onnx":
+                torch.onnx.export(graph, example, str(partial), dynamo=False, input_names=inputs,
+                                  output_names=outputs, dynamic_axes=axes, opset_version=17)
+            elif format == "torchscript":
+                torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(partial))
+            else:
+                torch.export.save(_exported_program(graph, example, inputs, axes), str(partial))
+    written = [output, _write_metadata(model, format, output, inputs, outputs)]
+    tokenizer = model.preprocessor
+    if isinstance(tokenizer, WordTokenizer):
+        written.append(_write_tokenizer(tokenizer, output.with_name(output.name + ".tokenizer.json")))
+    return written
+
+
+def _exported_program(graph: nn.Module, example: tuple[Tensor, ...], inputs: list[str], axes: dict[str, Any]):
+    dims: dict[str, torch.export.Dim] = {}
+
+    def dim(name: str) -> torch.export.Dim:
+        return dims.setdefault(name, torch.export.Dim(name, min=1 if name == "batch" else 2, max=1 << 16))
+
+    shapes = tuple({axis: dim(name) for axis, name in axes.get(key, {}).items()} or None for key in inputs)
+    return torch.export.export(graph, example, dynamic_shapes=shapes)
+
+
+def _write_metadata(model, format: str, output: Path, inputs: list[str], outputs: list[str]) -> Path:
+    meta = {"task": type(model).__name__, "format": format, "inputs": inputs, "outputs": outputs,
+            "preprocessing": to_checkpoint(model.preprocessor)}
+    if isinstance(model, SequenceClassifier):
+        meta["labels"] = model.labels
+        meta["preprocessing"]["state"].pop("tokenizer")  # the tokenizer's own file is beside the graph
+        meta["tokenizer"] = output.name + ".tokenizer.json"
+    if isinstance(model, Forecaster):
+        meta["window"] = model.hparams.window
+    if isinstance(model, CharLanguageModel):
+        meta["state_shape"] = ["layers", "batch", model.backbone.hidden_size]
+    path = output.with_name(output.name + ".json")
+    return atomic_write(path, lambda f: json.dump(meta, f, ensure_ascii=False, indent=1))
+
+
+def _write_tokenizer(tokenizer: WordTokenizer, path: Path) -> Path:
+    """The tokenizer as ``tokenizers.Tokenizer.from_file`` reads it, reading as evaluation does:
+    normaliser, truncation to ``eval_max_length`` on its side, padding on its side."""
+    from tokenizers import Tokenizer, normalizers
+
+    served = Tokenizer.from_str(tokenizer.tokenizer_json)
+    served.normalizer = normalizers.Sequence(
+        [normalizers.Replace("<br />", " "), normalizers.NFKC(), normalizers.Lowercase()])
+    if tokenizer.eval_max_length is not None:
+        served.enable_truncation(tokenizer.eval_max_length, direction=tokenizer.truncation_side)
+    fixed = tokenizer.eval_max_length if tokenizer.padding_side == "left" else None
+    served.enable_padding(direction=tokenizer.padding_side, pad_id=0, pad_token="[PAD]", length=fixed)
+    return atomic_write(path, lambda f: f.write(served.to_str()))
+
