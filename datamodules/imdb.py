@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,7 +49,7 @@ class EncodedReviews(Dataset):
         """Reviews to predict: no labels (-1), their texts kept for the output."""
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum([len(i) for i in ids], out=offsets[1:])
-        flat = np.fromiter((t for i in ids for t in i), dtype=np.int64, count=int(offsets[-1]))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(offsets[-1]))
         return cls(flat, offsets, np.full(len(ids), -1, dtype=np.int64), texts)
 
     @classmethod

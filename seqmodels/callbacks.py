@@ -174,3 +174,23 @@ def _time_axis(labels: list[str] | None, count: int) -> list:
         if not parsed.isna().any():
             return list(parsed)
     return list(range(count))
+
+
+class ModelGraph(Callback):
+    """The model's graph in TensorBoard's GRAPHS view, logged once when ``fit`` starts: the same
+    servable graph that ``main.py export`` writes (native layers, an example batch of the data's
+    shapes), traced on the CPU."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = trainer.logger
+        if not trainer.is_global_zero or logger is None or not hasattr(logger.experiment, "add_graph") \
+                or getattr(pl_module, "preprocessor", None) is None:
+            return
+        import warnings
+
+        from seqmodels.export import graph_of
+
+        graph, example, *_ = graph_of(pl_module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python-side checks
+            logger.experiment.add_graph(graph, example)

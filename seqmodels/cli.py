@@ -32,7 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _Instan
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import Optimizer
 
-from seqmodels.callbacks import ForecastPlot, PredictionWriter, PreprocessingHandoff
+from seqmodels.callbacks import ForecastPlot, ModelGraph, PredictionWriter, PreprocessingHandoff
 from seqmodels.checkpoints import CheckpointError, SafeCheckpointIO, find_checkpoint, load_checkpoint
 from seqmodels.errors import InputError, InvalidInputError
 from seqmodels.export import Format, export
@@ -264,6 +264,7 @@ class SeqCLI(LightningCLI):
         self._params = params
         trainer.callbacks.extend([
             PreprocessingHandoff(), RandomState(), PredictionWriter(config.get("output")), HparamsSummary(params),
+            ModelGraph(),
             # last.ckpt after every validation: ModelCheckpoint(save_last=True) refreshes it only when
             # a new best is saved, so "--ckpt_path last" could silently resume from an old epoch.
             ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False),

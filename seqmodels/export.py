@@ -41,7 +41,7 @@ FORMATS = ("onnx", "torchscript", "exported-program")
 
 def _native(backbone: Backbone) -> Backbone:
     native = copy.deepcopy(backbone)
-    native.impl = "native"
+    native.impl = "native"  # the same parameters, run by torch.nn's kernels
     return native
 
 
@@ -83,11 +83,11 @@ class CharGraph(nn.Module):
 
 
 def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], list[str], list[str], dict[str, Any]]:
-    """The servable module of a task, an example input, input and output names, dynamic axes."""
-    model = model.cpu().float().eval()
+    """The servable module of a task (a float32 CPU copy: the model itself is left as it is), an
+    example input, input and output names, dynamic axes."""
     preprocessor = model.require_preprocessor()
     if isinstance(model, SequenceClassifier):
-        graph = ClassifierGraph(model).eval()
+        graph = _detached(ClassifierGraph(model))
         ids = torch.randint(2, model.hparams.vocab_size, (3, 7))
         if preprocessor.padding_side == "left":
             return graph, (ids,), ["input_ids"], ["probabilities"], {"input_ids": {0: "batch", 1: "time"}}
@@ -97,7 +97,7 @@ def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], lis
     if isinstance(model, Forecaster):
         window = model.hparams.window or 2 + preprocessor.lost
         values = torch.rand(2, window) + 1.0  # positive, for a log transform
-        return ForecasterGraph(model).eval(), (values,), ["window"], ["forecast"], {"window": {0: "batch"}}
+        return _detached(ForecasterGraph(model)), (values,), ["window"], ["forecast"], {"window": {0: "batch"}}
     if isinstance(model, CharLanguageModel):
         backbone = model.backbone
         shape = (backbone.num_layers, 2, backbone.hidden_size)
@@ -107,8 +107,12 @@ def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], lis
         axes = {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
         axes.update({name: {1: "batch"} for name in names})
         axes.update({f"{name}_out": {1: "batch"} for name in names})
-        return CharGraph(model).eval(), (ids, *state), ["ids", *names], ["logits", *[f"{n}_out" for n in names]], axes
+        return _detached(CharGraph(model)), (ids, *state), ["ids", *names], ["logits", *[f"{n}_out" for n in names]], axes
     raise InvalidInputError(f"Cannot export a {type(model).__name__}: only seqmodels' three tasks are exportable.")
+
+
+def _detached(graph: nn.Module) -> nn.Module:
+    return copy.deepcopy(graph).cpu().float().eval()
 
 
 def export(model: torch.nn.Module, format: Format, output: str | Path) -> list[Path]:

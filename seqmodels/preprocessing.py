@@ -108,7 +108,12 @@ class WordTokenizer:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Whole texts -> ids, untruncated (truncation belongs to :meth:`collate`)."""
-        return [e.ids for e in self._tokenizer.encode_batch_fast([normalize(t) for t in texts])]
+        ids = []
+        # In chunks: one call on 25k reviews measured 4.5 s, the same in chunks of 1,000 2.0 s.
+        for start in range(0, len(texts), 1000):
+            chunk = [normalize(t) for t in texts[start: start + 1000]]
+            ids.extend(e.ids for e in self._tokenizer.encode_batch_fast(chunk))
+        return ids
 
     def length_limit(self, training: bool) -> int | None:
         return self.max_length if training else self.eval_max_length

@@ -131,7 +131,7 @@ def test_the_private_lightning_cli_methods_we_override_still_exist():
     assert "self._parse_ckpt_path()" in source and "self._add_instantiators()" in source
 
 
-def test_every_run_fills_tensorboards_hparams_view(in_tmp):
+def test_every_run_fills_tensorboards_hparams_and_graphs_views(in_tmp):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -146,6 +146,8 @@ def test_every_run_fills_tensorboards_hparams_view(in_tmp):
     assert params["model.backbone.hidden_size"].number_value == 32
     assert params["data.window"].number_value == 32 and params["optimizer.lr"].number_value == 0.01
     assert "hp/best_val_loss" in events.Tags()["scalars"]
+    assert events.Tags()["graph"]  # the GRAPHS view: the servable graph, logged when fit starts
+    assert any(node.op == "aten::lstm" for node in events.Graph().node)
 
 
 def test_each_task_predicts_from_its_checkpoint_in_an_empty_folder_without_data(tmp_path, monkeypatch):
