@@ -214,6 +214,30 @@ class _RecurrentBackbone:
         final_state = tuple(torch.stack(parts) for parts in zip(*finals))
         return layer_input.transpose(0, 1), final_state if len(final_state) == 2 else final_state[0]
 
+    def step(self, x: Tensor, hx: State) -> tuple[Tensor, State]:
+        """One time step of a unidirectional backbone in inference: ``x`` ``(batch, input_size)``
+        and the state as :meth:`forward` returns it -> ``(output (batch, hidden_size), state)``.
+        The same numbers as :meth:`forward` on a length-1 sequence (no dropout: call it in eval)."""
+        if self.bidirectional:
+            raise InvalidInputError("step() reads one time step forward; a bidirectional backbone needs the whole "
+                                    "sequence: call it with forward().")
+        parts = hx if isinstance(hx, tuple) else (hx,)
+        new = []
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self._weights(f"_l{layer}")
+            if isinstance(self, nn.LSTM):
+                h, c = cells.lstm_cell(x, parts[0][layer], parts[1][layer], w_ih, w_hh, b_ih, b_hh)
+                new.append((h, c))
+            elif isinstance(self, nn.GRU):
+                h = cells.gru_cell(x, parts[0][layer], w_ih, w_hh, b_ih, b_hh)
+                new.append((h,))
+            else:
+                h = cells.rnn_cell(x, parts[0][layer], w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
+                new.append((h,))
+            x = h
+        state = tuple(torch.stack(p) for p in zip(*new))
+        return x, state if len(state) == 2 else state[0]
+
     def _weights(self, suffix: str) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         if self.bias:
             return (getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}"),

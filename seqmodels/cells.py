@@ -307,3 +307,29 @@ def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
     """One direction of one GRU layer over ``x`` ``(T, B, I)``. ``b_hh`` stays separate because
     ``b_hn`` sits inside the reset gate's product. Returns ``(outputs, h_n)``."""
     return _GRULayer.apply(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
+
+
+# -- one step, for inference ---------------------------------------------------------------------
+# A single time step as plain matrix products: for generation, where each call sees one step of
+# a few sequences, and the fused kernels' per-call set-up (oneDNN reorders the weights of every
+# call) costs more than the arithmetic.
+
+def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+             nonlinearity: str) -> Tensor:
+    pre = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    return pre.relu() if nonlinearity == "relu" else pre.tanh()
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+              b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+    ingate, forgetgate, cellgate, outgate = (F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)).chunk(4, 1)
+    c = forgetgate.sigmoid() * c + ingate.sigmoid() * cellgate.tanh()
+    return outgate.sigmoid() * c.tanh(), c
+
+
+def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+    x_r, x_z, x_n = F.linear(x, w_ih, b_ih).chunk(3, 1)
+    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, 1)
+    resetgate, updategate = (x_r + h_r).sigmoid(), (x_z + h_z).sigmoid()
+    newgate = (x_n + resetgate * h_n).tanh()
+    return newgate + updategate * (h - newgate)

@@ -86,9 +86,11 @@ def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], lis
     """The servable module of a task (a float32 CPU copy: the model itself is left as it is), an
     example input, input and output names, dynamic axes."""
     preprocessor = model.require_preprocessor()
+    # Its own generator: tracing during fit (the GRAPHS view) must not move the global random state.
+    generator = torch.Generator().manual_seed(0)
     if isinstance(model, SequenceClassifier):
         graph = _detached(ClassifierGraph(model))
-        ids = torch.randint(2, model.hparams.vocab_size, (3, 7))
+        ids = torch.randint(2, model.hparams.vocab_size, (3, 7), generator=generator)
         if preprocessor.padding_side == "left":
             return graph, (ids,), ["input_ids"], ["probabilities"], {"input_ids": {0: "batch", 1: "time"}}
         lengths = torch.tensor([7, 3, 5])  # ragged, so the packed path is the one recorded
@@ -96,14 +98,14 @@ def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], lis
                 {"input_ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"}})
     if isinstance(model, Forecaster):
         window = model.hparams.window or 2 + preprocessor.lost
-        values = torch.rand(2, window) + 1.0  # positive, for a log transform
+        values = torch.rand(2, window, generator=generator) + 1.0  # positive, for a log transform
         return _detached(ForecasterGraph(model)), (values,), ["window"], ["forecast"], {"window": {0: "batch"}}
     if isinstance(model, CharLanguageModel):
         backbone = model.backbone
         shape = (backbone.num_layers, 2, backbone.hidden_size)
         state = (torch.zeros(shape), torch.zeros(shape)) if isinstance(backbone, nn.LSTM) else (torch.zeros(shape),)
         names = ["h", "c"][: len(state)]
-        ids = torch.randint(1, model.hparams.vocab_size, (2, 5))
+        ids = torch.randint(1, model.hparams.vocab_size, (2, 5), generator=generator)
         axes = {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
         axes.update({name: {1: "batch"} for name in names})
         axes.update({f"{name}_out": {1: "batch"} for name in names})

@@ -290,3 +290,17 @@ def test_bf16_autocast_works_where_onednn_has_no_bf16_rnn_kernels(impl):
     env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_step_equals_forward_on_a_length_one_sequence(cell):
+    ours_cls, _, extra = CELLS[cell]
+    torch.manual_seed(0)
+    model = ours_cls(3, 5, num_layers=2, **extra).double().eval()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    _, state = model(torch.randn(4, 6, 3, dtype=torch.float64))
+    expected, expected_state = model(x.unsqueeze(1), state)
+    out, new_state = model.step(x, state)
+    torch.testing.assert_close(out, expected[:, 0])
+    for a, b in zip(new_state if cell == "lstm" else (new_state,), expected_state if cell == "lstm" else (expected_state,)):
+        torch.testing.assert_close(a, b)

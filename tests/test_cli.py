@@ -192,3 +192,13 @@ def test_each_task_predicts_from_its_checkpoint_in_an_empty_folder_without_data(
     assert Forecaster.load_from_checkpoint(checkpoints["sine"]).forecast(torch.randn(40), 3).shape == (3,)
     assert sorted(p.name for p in empty.iterdir()) == ["forecast.csv", "labels.jsonl",
                                                       "reviews.txt", "series.csv", "text.txt"]
+
+
+def test_seqmodels_never_imports_datamodules():
+    """The dependency rule: data -> preprocessing <- tasks; only configs name data modules."""
+    code = ("import sys, seqmodels.tasks, seqmodels.cli, seqmodels.export; "
+            "assert not [m for m in sys.modules if m.startswith('datamodules')]")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    offenders = [p for p in (REPO / "seqmodels").rglob("*.py") if "datamodules" in
+                 "".join(line for line in p.read_text().splitlines() if line.lstrip().startswith(("import", "from")))]
+    assert not offenders
