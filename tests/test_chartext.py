@@ -200,3 +200,12 @@ def test_a_text_without_newlines_trains_and_samples_from_its_own_characters(in_t
           "cache", "--model.backbone.init_args.hidden_size", "8", "--model.embedding_dim", "4",
           "--model.sample_length", "5", "--trainer.max_epochs", "1", *QUIET])
     assert CharVocabulary(" abc").default_prompt() == " "
+
+
+def test_several_streams_are_sampled_at_once_and_reproducibly():
+    model = tiny_model()
+    texts = model.generate_many("abc", 30, 4, temperature=1.0, seed=5)
+    assert len(texts) == 4 and all(len(t) == 30 for t in texts) and len(set(texts)) > 1
+    assert model.generate_many("abc", 30, 4, temperature=1.0, seed=5) == texts
+    greedy = model.generate_many("abc", 20, 3, temperature=0)
+    assert len(set(greedy)) == 1 and greedy[0] == model.generate("abc", 20, temperature=0)
