@@ -30,6 +30,14 @@ class PreprocessingHandoff(Callback):
             pl_module.preprocessor = datamodule.preprocessor
 
 
+def run_folder(trainer: L.Trainer) -> Path:
+    """The run's log folder. Not ``trainer.log_dir``: that broadcasts, so it hangs or fails when
+    only rank 0 asks, which is where files are written."""
+    logger = trainer.logger
+    folder = getattr(logger, "log_dir", None) if logger is not None else None
+    return Path(folder or trainer.default_root_dir)
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes what ``predict_step`` returned, from one process, atomically, to ``output``.
 
@@ -48,8 +56,7 @@ class PredictionWriter(BasePredictionWriter):
     def path(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
         if self.output:
             return Path(self.output)
-        folder = trainer.log_dir or trainer.default_root_dir
-        return Path(folder) / getattr(pl_module, "prediction_file", "predictions.jsonl")
+        return run_folder(trainer) / getattr(pl_module, "prediction_file", "predictions.jsonl")
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         parent = self.path(trainer, pl_module).parent
@@ -159,7 +166,7 @@ class ForecastPlot(Callback):
         logger = trainer.logger
         if logger is not None and hasattr(logger.experiment, "add_figure"):
             logger.experiment.add_figure(f"{stage}/forecast", fig, global_step=trainer.global_step, close=False)
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder = run_folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         fig.savefig(folder / "forecast.png", dpi=100)
         plt.close(fig)
