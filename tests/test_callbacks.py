@@ -7,7 +7,8 @@ from seqmodels.callbacks import PredictionWriter
 
 
 def trainer(tmp_path):
-    return SimpleNamespace(world_size=1, is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    return SimpleNamespace(world_size=1, is_global_zero=True, logger=SimpleNamespace(log_dir=str(tmp_path)),
+                           default_root_dir=str(tmp_path))
 
 
 def test_records_are_written_in_index_order_without_the_index(tmp_path):
