@@ -38,6 +38,7 @@ from seqmodels.errors import InputError, InvalidInputError
 from seqmodels.export import Format, export
 from seqmodels.preprocessing import from_checkpoint
 from seqmodels.runtime import tune_allocator
+from seqmodels.tasks import Forecaster
 from seqmodels.training import NonFiniteLossError, RandomState, TrainingGuard
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
@@ -257,11 +258,7 @@ class SeqCLI(LightningCLI):
         log_dir = getattr(trainer.logger, "log_dir", None)
         self._new_run_dir = Path(log_dir) if log_dir and not Path(log_dir).exists() else None
         trainer.strategy.checkpoint_io = SafeCheckpointIO()
-        params = _flatten({key: value for key, value in self._dumped().items()
-                           if key in ("model", "data", "optimizer", "lr_scheduler", "seed_everything", "run_name")})
-        params.update({f"trainer.{k}": v for k, v in _flatten(self._dumped().get("trainer", {})).items()
-                       if k in ("max_epochs", "max_steps", "precision", "gradient_clip_val", "accumulate_grad_batches")})
-        self._params = params
+        self._params = params = self._experiment_params()
         trainer.callbacks.extend([
             PreprocessingHandoff(), RandomState(), PredictionWriter(config.get("output")), HparamsSummary(params),
             ModelGraph(),
@@ -269,15 +266,22 @@ class SeqCLI(LightningCLI):
             # a new best is saved, so "--ckpt_path last" could silently resume from an old epoch.
             ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
         ])
-        if hasattr(self.model, "forecast"):
+        if isinstance(self.model, Forecaster):
             trainer.callbacks.append(ForecastPlot())
         return trainer
 
-    def _dumped(self) -> dict[str, Any]:
+    def _experiment_params(self) -> dict[str, Any]:
+        """What TensorBoard's HPARAMS view and hparams.yaml show of the run: the model, data,
+        optimizer and scheduler as configured, and the trainer knobs that change the result."""
         import yaml
 
         config = self._active(self.config)
-        return yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False, skip_link_targets=False))
+        dumped = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False, skip_link_targets=False))
+        params = _flatten({key: value for key, value in dumped.items()
+                           if key in ("model", "data", "optimizer", "lr_scheduler", "seed_everything", "run_name")})
+        params.update({f"trainer.{k}": v for k, v in _flatten(dumped.get("trainer", {})).items()
+                       if k in ("max_epochs", "max_steps", "precision", "gradient_clip_val", "accumulate_grad_batches")})
+        return params
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
