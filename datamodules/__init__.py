@@ -2,6 +2,7 @@
 
 from datamodules.chartext import CharTextDataModule
 from datamodules.imdb import IMDBDataModule
+from datamodules.panel import PanelDataModule
 from datamodules.series import SeriesDataModule, SineWaveDataModule
 
-__all__ = ["CharTextDataModule", "IMDBDataModule", "SeriesDataModule", "SineWaveDataModule"]
+__all__ = ["CharTextDataModule", "IMDBDataModule", "PanelDataModule", "SeriesDataModule", "SineWaveDataModule"]

@@ -1,4 +1,4 @@
-"""Callbacks: the preprocessing hand-off, the one prediction writer, the forecast plot."""
+"""Callbacks: the preprocessing hand-off, the one prediction writer, the forecast plots."""
 
 from __future__ import annotations
 
@@ -163,14 +163,79 @@ class ForecastPlot(Callback):
         ax.legend(loc="upper left")
         fig.autofmt_xdate()
         fig.tight_layout()
-        logger = trainer.logger
-        if logger is not None and hasattr(logger.experiment, "add_figure"):
-            logger.experiment.add_figure(f"{stage}/forecast", fig, global_step=trainer.global_step, close=False)
-        folder = run_folder(trainer)
-        folder.mkdir(parents=True, exist_ok=True)
-        fig.savefig(folder / "forecast.png", dpi=100)
-        plt.close(fig)
+        _save_figure(trainer, fig, stage)
         pl_module.train(was_training)
+
+
+class PanelForecastPlot(Callback):
+    """A few series of a panel with the global forecaster's test-span forecasts: the median and the
+    band between the lowest and highest quantile (10-90%: the 80% interval), against the truth. Logged
+    as ``fit/forecast`` (after ``fit``) and ``test/forecast`` (after ``test``) under IMAGES, and
+    saved as ``forecast.png`` in the run's folder.
+
+    Args:
+        series: how many series to draw, spread evenly over the panel.
+    """
+
+    def __init__(self, series: int = 4) -> None:
+        self.series = series
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plot(trainer, pl_module, "fit")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plot(trainer, pl_module, "test")
+
+    @torch.no_grad()
+    def plot(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        data = trainer.datamodule
+        if getattr(data, "series", None) is None or not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        windows = data.windows("test")
+        chosen = sorted({int(i) for i in torch.linspace(0, len(data.series) - 1, min(self.series, len(data.series)))})
+        # The first test window of each chosen series.
+        firsts = [int((windows.series == i).nonzero()[0]) for i in chosen]
+        batch = {k: v.to(pl_module.device) for k, v in windows.__getitems__(firsts).items()}
+        was_training = pl_module.training
+        pl_module.eval()
+        forecast = pl_module.forecast(batch)
+        pl_module.train(was_training)
+        levels = pl_module.levels.tolist()
+        fig, axes = plt.subplots(len(chosen), 1, figsize=(10, 2.6 * len(chosen)), squeeze=False)
+        for ax, row, index in zip(axes[:, 0], range(len(chosen)), chosen):
+            series = data.series[index]
+            test_start = data.spans(series)[1]
+            x = _time_axis(series.dates, len(series.values))
+            shown = max(0, test_start - 3 * data.window)
+            ax.plot(x[shown:], series.values[shown:], color="black", linewidth=1, label="series")
+            steps = x[test_start : test_start + data.horizon]
+            band = forecast.quantiles[row, : len(steps)].cpu()
+            ax.fill_between(steps, band[:, 0], band[:, -1], alpha=0.3,
+                            label=f"{levels[0]:.0%}-{levels[-1]:.0%} interval")
+            ax.plot(steps, forecast.point[row, : len(steps)].cpu(), label="median forecast")
+            ax.axvline(x[test_start], color="grey", linestyle="--", linewidth=1)
+            ax.set_title(f"{series.name}: test from {series.dates[test_start] if series.dates else test_start}",
+                         fontsize=9)
+        axes[0, 0].legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        _save_figure(trainer, fig, stage)
+
+
+def _save_figure(trainer: L.Trainer, fig, stage: str) -> None:
+    import matplotlib.pyplot as plt
+
+    logger = trainer.logger
+    if logger is not None and hasattr(logger.experiment, "add_figure"):
+        logger.experiment.add_figure(f"{stage}/forecast", fig, global_step=trainer.global_step, close=False)
+    folder = run_folder(trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    fig.savefig(folder / "forecast.png", dpi=100)
+    plt.close(fig)
 
 
 def _time_axis(labels: list[str] | None, count: int) -> list:
@@ -195,9 +260,13 @@ class ModelGraph(Callback):
             return
         import warnings
 
+        from seqmodels.errors import InputError
         from seqmodels.export import graph_of
 
-        graph, example, *_ = graph_of(pl_module)
+        try:
+            graph, example, *_ = graph_of(pl_module)
+        except InputError:  # a model with no graph to serve (a recursive global forecaster): nothing to show
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on Python-side checks
             logger.experiment.add_graph(graph, example)

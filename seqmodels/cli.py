@@ -32,16 +32,17 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _Instan
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import Optimizer
 
-from seqmodels.callbacks import ForecastPlot, ModelGraph, PredictionWriter, PreprocessingHandoff
+from seqmodels.callbacks import ForecastPlot, ModelGraph, PanelForecastPlot, PredictionWriter, PreprocessingHandoff
 from seqmodels.checkpoints import CheckpointError, SafeCheckpointIO, find_checkpoint, load_checkpoint
-from seqmodels.errors import InputError, InvalidInputError
+from seqmodels.errors import InputError, InvalidInputError, MissingInputError
+from seqmodels.files import atomic_write
 from seqmodels.export import Format, export
 from seqmodels.preprocessing import from_checkpoint
 from seqmodels.runtime import tune_allocator
-from seqmodels.tasks import Forecaster
+from seqmodels.tasks import Forecaster, GlobalForecaster
 from seqmodels.training import NonFiniteLossError, RandomState, TrainingGuard
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "export", "backtest")
 
 
 class SeqTrainer(L.Trainer):
@@ -67,6 +68,94 @@ class SeqTrainer(L.Trainer):
         written = export(model, format, output)
         print("Wrote " + ", ".join(str(p) for p in written))
         return written
+
+
+    def backtest(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,
+                 ckpt_path: str | None = None, folds: int = 4, stride: int | None = None,
+                 output: str | None = None) -> list[dict[str, Any]]:
+        """Rolling-origin evaluation of a global forecaster's checkpoint: ``folds`` forecast origins,
+        ``stride`` steps apart (default: the horizon), the last at each series' test start. Each fold
+        forecasts every series from its origin with the fitted model (not refitted per fold, as
+        Darts' ``historical_forecasts(retrain=False)``); folds whose targets reach into the training
+        part are marked, since the model has seen them. Prints a table and writes it (``output``, or
+        ``backtest.csv`` in the run's folder) with ``backtest.png`` beside it.
+        """
+        from torch.utils.data import DataLoader
+
+        from seqmodels.callbacks import run_folder
+        from seqmodels.tasks.global_forecasting import evaluate
+
+        if not isinstance(model, GlobalForecaster):
+            raise InvalidInputError("backtest evaluates a GlobalForecaster (model.class_path "
+                                    "seqmodels.tasks.GlobalForecaster with datamodules.PanelDataModule, which reads "
+                                    "one series as well as many).")
+        if not ckpt_path:
+            raise InvalidInputError("backtest needs --ckpt_path (a .ckpt file, 'last' or 'best').")
+        if folds < 1 or (stride is not None and stride < 1):
+            raise InvalidInputError(f"folds and stride must be >= 1, got folds={folds}, stride={stride}.")
+        checkpoint = load_checkpoint(ckpt_path)
+        model.load_state_dict(checkpoint["state_dict"])
+        model.on_load_checkpoint(checkpoint)
+        datamodule.preprocessor = model.preprocessor
+        datamodule.setup("test")
+        stride = stride or datamodule.horizon
+        rows = []
+        for fold in range(folds):
+            before = (folds - 1 - fold) * stride
+            windows, overlaps = datamodule.backtest_windows(before)
+            loader = DataLoader(windows, batch_size=datamodule.batch_size, collate_fn=lambda items: items)
+            rows.append({"fold": fold + 1, "origin": f"test start - {before}" if before else "test start",
+                         "series": len(windows), "seen_in_training": overlaps,
+                         **{k: round(v, 4) for k, v in evaluate(model, loader).items()}})
+        _print_table(rows)
+        path = Path(output) if output else run_folder(self) / "backtest.csv"
+        if not path.parent.is_dir():
+            raise MissingInputError(f"--output {output}: the folder {path.parent} does not exist. Create it first.")
+        atomic_write(path, lambda f: _write_rows(f, rows))
+        _plot_backtest(rows, path.with_suffix(".png"), self.logger)
+        print(f"Wrote {path} and {path.with_suffix('.png')}")
+        return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    columns = list(rows[0])
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in rows:
+        print("  ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths)))
+
+
+def _write_rows(f, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _plot_backtest(rows: list[dict[str, Any]], path: Path, logger) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    folds = [r["origin"] for r in rows]
+    for name in ("smape", "mape"):
+        left.plot(folds, [r[name] for r in rows], marker="o", label=name)
+    left.set_ylabel("percent")
+    left.legend()
+    right.plot(folds, [r["mase"] for r in rows], marker="o", label="mase")
+    right.plot(folds, [r["coverage"] for r in rows], marker="o", label="interval coverage")
+    right.legend()
+    for ax in (left, right):
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.suptitle("backtest: one forecast per series from each origin")
+    fig.tight_layout()
+    if logger is not None and hasattr(logger.experiment, "add_figure"):
+        logger.experiment.add_figure("backtest", fig, close=False)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    plt.close(fig)
 
 
 class HparamsSummary(Callback):
@@ -151,19 +240,27 @@ class SeqCLI(LightningCLI):
         parser.add_optimizer_args((Optimizer,))
         parser.set_defaults({"optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001}}})
         # Numbers the data decides reach the model at instantiation, so each is written once.
-        for source, target in (("vocab_size", "vocab_size"), ("window", "window"), ("horizon", "horizon")):
+        for source, target in (("vocab_size", "vocab_size"), ("window", "window"), ("horizon", "horizon"),
+                               ("past_features", "past_features"), ("future_features", "future_features")):
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
         parser.link_arguments("model.init_args.predict_steps", "data.init_args.predict_steps")
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         # export's --output is the CLI's own (predict's too), added in add_arguments_to_parser.
-        return {**LightningCLI.subcommands(), "export": {"model", "datamodule", "output"}}
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule", "output"},
+                "backtest": {"model", "datamodule", "output"}}
 
     def export(self, **kwargs) -> None:
         self.trainer.export(**kwargs, output=self._active(self.config)["output"])
 
     def before_export(self) -> None:
+        self._check_checkpoint()
+
+    def backtest(self, **kwargs) -> None:
+        self.trainer.backtest(**kwargs, output=self._active(self.config)["output"])
+
+    def before_backtest(self) -> None:
         self._check_checkpoint()
 
     # -- checkpoints and where a run writes -----------------------------------------------------
@@ -268,6 +365,8 @@ class SeqCLI(LightningCLI):
         ])
         if isinstance(self.model, Forecaster):
             trainer.callbacks.append(ForecastPlot())
+        if isinstance(self.model, GlobalForecaster):
+            trainer.callbacks.append(PanelForecastPlot())
         return trainer
 
     def _experiment_params(self) -> dict[str, Any]:

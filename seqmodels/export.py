@@ -3,13 +3,18 @@
 
 Every graph runs the backbone's native layers: a scratch checkpoint has the very same parameters,
 so it exports through them and the private oneDNN op of the scratch cells never reaches a graph.
-Batch size and sequence length are dynamic.
+Batch size and sequence length are dynamic (an ExportedProgram's time axis is fixed; see
+:func:`_fixed_time`).
 
 * classifier: ``input_ids`` (batch, time) int64 [, ``lengths`` (batch,) int64 with right
   padding] -> ``probabilities`` (batch, classes); the tokenizer's own JSON beside the graph
   (``<output>.tokenizer.json``) normalises, truncates and pads exactly as ``test`` read reviews.
 * forecaster: ``window`` (batch, window) raw values -> ``forecast`` (batch, horizon) raw values;
   the series transform (log, differencing, scaling) is inside the graph.
+* global forecaster (direct mode): ``context`` (batch, window) raw values, NaN where a series had
+  not started, and with covariates ``past`` (batch, window, P) and ``future`` (batch, window +
+  horizon, F), standardised as the metadata's mean/std say (calendar features last) ->
+  ``quantiles`` (batch, horizon, Q) raw values at the metadata's ``quantiles`` levels.
 * char model: ``ids`` (batch, time) int64 and the state (``h``, and ``c`` for an LSTM, each
   (layers, batch, hidden)) -> ``logits`` (batch, time, vocab) and the next state; the vocabulary
   is in the metadata file.
@@ -31,9 +36,10 @@ from torch import Tensor, nn
 from seqmodels.backbones import Backbone
 from seqmodels.errors import InvalidInputError, MissingInputError
 from seqmodels.files import atomic_path, atomic_write
-from seqmodels.preprocessing import SeriesTransform, WordTokenizer, to_checkpoint
-from seqmodels.tasks import CharLanguageModel, Forecaster, SequenceClassifier
+from seqmodels.preprocessing import PanelTransform, SeriesTransform, WordTokenizer, to_checkpoint
+from seqmodels.tasks import CharLanguageModel, Forecaster, GlobalForecaster, SequenceClassifier
 from seqmodels.tasks.classification import pool
+from seqmodels.tasks.global_forecasting import distribution, model_inputs, to_quantiles
 
 Format = Literal["onnx", "torchscript", "exported-program"]
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -70,6 +76,30 @@ class ForecasterGraph(nn.Module):
         return self.transform.inverse_next(self.head(outputs[:, -1]), window)
 
 
+class PanelGraph(nn.Module):
+    def __init__(self, model: GlobalForecaster) -> None:
+        super().__init__()
+        if model.hparams.mode != "direct":
+            raise InvalidInputError("Only a direct GlobalForecaster exports: a recursive one samples paths in a "
+                                    "Python loop. Train with model.mode direct to serve it as a graph.")
+        self.backbone, self.head = _native(model.backbone), model.head
+        self.likelihood, self.horizon = model.hparams.likelihood, model.hparams.horizon
+        self.register_buffer("levels", model.levels.clone())
+
+    def forward(self, context: Tensor, past: Tensor | None = None, future: Tensor | None = None) -> Tensor:
+        batch, window = context.shape
+        observed = (~context.isnan()).float()
+        values = torch.nan_to_num(context, nan=0.0)
+        inputs = {"context": values, "observed": observed,
+                  "past": past if past is not None else values.new_zeros(batch, window, 0),
+                  "future": future if future is not None else values.new_zeros(batch, window + self.horizon, 0)}
+        scale = PanelTransform.scale(values, observed)
+        outputs, _ = self.backbone._native(model_inputs(inputs, scale, "direct"), None, None)
+        ahead = inputs["future"][:, window:].flatten(1)
+        parameters = distribution(self.head(torch.cat([outputs[:, -1], ahead], -1)), self.likelihood, self.levels)
+        return to_quantiles(parameters, self.likelihood, self.levels) * scale.unsqueeze(-1)
+
+
 class CharGraph(nn.Module):
     def __init__(self, model: CharLanguageModel) -> None:
         super().__init__()
@@ -100,6 +130,18 @@ def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], lis
         window = model.hparams.window or 2 + preprocessor.lost
         values = torch.rand(2, window, generator=generator) + 1.0  # positive, for a log transform
         return _detached(ForecasterGraph(model)), (values,), ["window"], ["forecast"], {"window": {0: "batch"}}
+    if isinstance(model, GlobalForecaster):
+        hp = model.hparams
+        context = torch.rand(2, hp.window, generator=generator) + 1.0
+        context[1, :3] = float("nan")  # a series that starts late
+        example = [context]
+        names, axes = ["context"], {"context": {0: "batch"}, "quantiles": {0: "batch"}}
+        if hp.past_features or hp.future_features:
+            example += [torch.randn(2, hp.window, hp.past_features, generator=generator),
+                        torch.randn(2, hp.window + hp.horizon, hp.future_features, generator=generator)]
+            names += ["past", "future"]
+            axes.update({"past": {0: "batch"}, "future": {0: "batch"}})
+        return _detached(PanelGraph(model)), tuple(example), names, ["quantiles"], axes
     if isinstance(model, CharLanguageModel):
         backbone = model.backbone
         shape = (backbone.num_layers, 2, backbone.hidden_size)
@@ -110,7 +152,7 @@ def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], lis
         axes.update({name: {1: "batch"} for name in names})
         axes.update({f"{name}_out": {1: "batch"} for name in names})
         return _detached(CharGraph(model)), (ids, *state), ["ids", *names], ["logits", *[f"{n}_out" for n in names]], axes
-    raise InvalidInputError(f"Cannot export a {type(model).__name__}: only seqmodels' three tasks are exportable.")
+    raise InvalidInputError(f"Cannot export a {type(model).__name__}: only seqmodels' tasks are exportable.")
 
 
 def _detached(graph: nn.Module) -> nn.Module:
@@ -128,6 +170,8 @@ def export(model: torch.nn.Module, format: Format, output: str | Path) -> list[P
     if not output.parent.is_dir():
         raise MissingInputError(f"--output {output}: the folder {output.parent} does not exist. Create it first.")
     graph, example, inputs, outputs, axes = graph_of(model)
+    if format == "exported-program":
+        example, axes = _fixed_time(model, example, axes)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python-side checks it records as constants
         with atomic_path(output) as partial:
@@ -143,6 +187,30 @@ def export(model: torch.nn.Module, format: Format, output: str | Path) -> list[P
     if isinstance(tokenizer, WordTokenizer):
         written.append(_write_tokenizer(tokenizer, output.with_name(output.name + ".tokenizer.json")))
     return written
+
+
+def _fixed_time(model, example: tuple[Tensor, ...], axes: dict[str, Any]) -> tuple[tuple[Tensor, ...], dict]:
+    """torch.export unrolls a recurrent layer over the example's time steps, so an ExportedProgram
+    has a fixed time axis (its batch stays dynamic): a char model's graph takes one character per
+    call (feed a prompt character by character, carrying the state); a classifier's, reviews padded
+    on the left to ``eval_max_length`` tokens, as its tokenizer file pads them. Packed right-padded
+    batches cannot be exported this way."""
+    if isinstance(model, CharLanguageModel):
+        example = (example[0][:, :1], *example[1:])
+    elif isinstance(model, SequenceClassifier):
+        tokenizer = model.preprocessor
+        if tokenizer.padding_side != "left" or tokenizer.eval_max_length is None:
+            raise InvalidInputError(
+                "An exported-program graph has a fixed time axis (torch.export unrolls the recurrence), which "
+                "fits reviews padded on the left to a fixed length but not this classifier's right-padded, packed "
+                "batches. Export it as onnx or torchscript (both keep the time axis dynamic), or train with "
+                "data.padding_side left and a data.eval_max_length."
+            )
+        example = (torch.randint(2, model.hparams.vocab_size, (3, tokenizer.eval_max_length),
+                                 generator=torch.Generator().manual_seed(0)),)
+    else:
+        return example, axes
+    return example, {key: {axis: name for axis, name in dims.items() if name != "time"} for key, dims in axes.items()}
 
 
 def _exported_program(graph: nn.Module, example: tuple[Tensor, ...], inputs: list[str], axes: dict[str, Any]):
@@ -164,6 +232,8 @@ def _write_metadata(model, format: str, output: Path, inputs: list[str], outputs
         meta["tokenizer"] = output.name + ".tokenizer.json"
     if isinstance(model, Forecaster):
         meta["window"] = model.hparams.window
+    if isinstance(model, GlobalForecaster):
+        meta.update(window=model.hparams.window, horizon=model.hparams.horizon, quantiles=model.levels.tolist())
     if isinstance(model, CharLanguageModel):
         meta["state_shape"] = ["layers", "batch", model.backbone.hidden_size]
     path = output.with_name(output.name + ".json")

@@ -282,7 +282,81 @@ class SeriesTransform:
                 f"std={self.std:.4g})")
 
 
-KINDS: dict[str, type] = {cls.__name__: cls for cls in (WordTokenizer, CharVocabulary, SeriesTransform)}
+class PanelTransform:
+    """What a global forecaster reads besides the values, fitted on the training part of many series.
+
+    * Values are scaled per window (as DeepAR does per series): divided by the mean absolute
+      observed value of the window's context, so one model serves series of any level, including
+      series it never saw. Nothing about a particular series is stored.
+    * Covariates, named in order: ``past`` (observed up to the forecast origin, e.g. a measured
+      driver) and ``future`` (known ahead, e.g. a holiday or a law in force), standardised with
+      the training part's mean and standard deviation.
+    * ``calendar``: four known-future features from the dates, month of year and day of week as
+      points on the unit circle (so December sits next to January).
+    """
+
+    calendar_features = 4
+
+    def __init__(self, past: Sequence[str] = (), future: Sequence[str] = (), calendar: bool = False,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        self.past, self.future, self.calendar = list(past), list(future), bool(calendar)
+        names = self.past + self.future
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"A covariate is named twice in past {self.past} and future {self.future}.")
+        self.mean = [float(v) for v in mean] if mean is not None else [0.0] * len(names)
+        self.std = [float(v) for v in std] if std is not None else [1.0] * len(names)
+
+    @property
+    def past_features(self) -> int:
+        return len(self.past)
+
+    @property
+    def future_features(self) -> int:
+        return len(self.future) + self.calendar_features * self.calendar
+
+    def fit(self, covariates: np.ndarray) -> PanelTransform:
+        """``covariates (time, past + future)``: every series' training rows, stacked."""
+        if covariates.shape[1]:
+            self.mean = covariates.mean(0).astype(float).tolist()
+            self.std = np.maximum(covariates.std(0), 1e-8).astype(float).tolist()
+        return self
+
+    def standardise(self, covariates: np.ndarray) -> np.ndarray:
+        if not covariates.shape[1]:
+            return covariates.astype(np.float32)
+        return ((covariates - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
+
+    @staticmethod
+    def calendar_of(dates: Sequence[str]) -> np.ndarray:
+        """``(time, 4)``: sin/cos of the month of year and of the day of week."""
+        import pandas as pd
+
+        parsed = pd.DatetimeIndex(pd.to_datetime(pd.Series(list(dates)), errors="raise"))
+        month = 2 * np.pi * (parsed.month.to_numpy() - 1) / 12
+        weekday = 2 * np.pi * parsed.dayofweek.to_numpy() / 7
+        return np.stack([np.sin(month), np.cos(month), np.sin(weekday), np.cos(weekday)], 1).astype(np.float32)
+
+    @staticmethod
+    def scale(context: Tensor, observed: Tensor) -> Tensor:
+        """Each window's scale ``(batch, 1)``: the mean absolute observed value (1 where it is 0)."""
+        total = (context.abs() * observed).sum(1, keepdim=True)
+        mean = total / observed.sum(1, keepdim=True).clamp_min(1)
+        return torch.where(mean > 0, mean, torch.ones_like(mean))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"past": self.past, "future": self.future, "calendar": self.calendar, "mean": self.mean,
+                "std": self.std}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> PanelTransform:
+        return cls(**state)
+
+    def __repr__(self) -> str:
+        return f"PanelTransform(past={self.past}, future={self.future}, calendar={self.calendar})"
+
+
+KINDS: dict[str, type] = {cls.__name__: cls for cls in (WordTokenizer, CharVocabulary, SeriesTransform,
+                                                         PanelTransform)}
 
 
 def to_checkpoint(preprocessor: Preprocessor) -> dict[str, Any]:

@@ -67,3 +67,24 @@ def task_args(task: str, root) -> list[str]:
             "--data.seq_length", "16", "--data.batch_size", "4", "--data.samples_per_epoch", "32",
             "--data.cache_dir", str(root / "cache"), "--model.backbone.init_args.hidden_size", "16",
             "--model.embedding_dim", "8", "--model.dropout", "0.3", "--model.sample_length", "5"]
+
+
+def panel_frame(series: int = 6, shortest: int = 60, period: int = 12, noise: float = 0.02, seed: int = 0,
+                start: str = "2000-01-01", freq: str = "MS") -> pd.DataFrame:
+    """A long-format panel: seasonal series sharing one yearly shape at different levels, trends and
+    lengths (the longest ``shortest + 6 * (series - 1)``), all ending on the same date."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    longest = shortest + 6 * (series - 1)
+    dates = pd.date_range(start, periods=longest, freq=freq)
+    for s in range(series):
+        n = shortest + 6 * s
+        level, trend = 10.0 * (s + 1), 0.002 * s
+        t = np.arange(longest - n, longest)
+        values = level * (1 + trend * t) * (1 + 0.3 * np.sin(2 * np.pi * t / period)) \
+            * (1 + noise * rng.standard_normal(n))
+        rows += [{"id": f"s{s}", "date": d.strftime("%Y-%m-%d"), "value": round(float(v), 5)}
+                 for d, v in zip(dates[longest - n:], values)]
+    return pd.DataFrame(rows)

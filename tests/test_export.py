@@ -58,6 +58,12 @@ def test_classifier_graph_reads_raw_text_like_the_checkpoint(checkpoints, tmp_pa
     assert np.abs(probabilities.max(-1) - np.array(expected)).max() <= TOLERANCE
     meta = json.loads((tmp_path / "imdb.onnx.json").read_text())
     assert meta["labels"] == ["negative", "positive"] and meta["inputs"] == ["input_ids", "lengths"]
+    export(args, ckpt, tmp_path / "imdb.pt", "torchscript")
+    graph = torch.jit.load(str(tmp_path / "imdb.pt"))
+    assert np.abs(graph(ids, lengths).detach().max(-1).values.numpy() - np.array(expected)).max() <= TOLERANCE
+    with pytest.raises(SystemExit, match="fixed time axis"):  # packed batches: refused, nothing written
+        export(args, ckpt, tmp_path / "imdb.pt2", "exported-program")
+    assert not (tmp_path / "imdb.pt2").exists()
 
 
 @pytest.mark.parametrize("impl", ["native", "scratch"])
@@ -90,6 +96,17 @@ def test_char_graph_continues_its_state_like_the_checkpoint(checkpoints, tmp_pat
     assert np.abs(second[0] - more.detach().numpy()).max() <= TOLERANCE
     vocabulary = json.loads((tmp_path / "c.onnx.json").read_text())["preprocessing"]["state"]["chars"]
     assert vocabulary == model.preprocessor.chars
+    export(args, ckpt, tmp_path / "c.pt", "torchscript")
+    out, h, c = torch.jit.load(str(tmp_path / "c.pt"))(ids[:, :6], zeros, zeros)
+    assert (out - logits).abs().max() <= TOLERANCE
+    # The ExportedProgram reads one character per call, carrying the state.
+    export(args, ckpt, tmp_path / "c.pt2", "exported-program")
+    program = torch.export.load(str(tmp_path / "c.pt2")).module()
+    h = c = zeros
+    for t in range(11):
+        out, h, c = program(ids[:, t : t + 1], h, c)
+        expected = logits[:, t] if t < 6 else more[:, t - 6]
+        assert (out[:, 0] - expected).abs().max() <= TOLERANCE, t
 
 
 def test_bad_export_requests_are_one_clear_error_and_leave_nothing(checkpoints, tmp_path):

@@ -3,5 +3,6 @@
 from seqmodels.tasks.classification import SequenceClassifier
 from seqmodels.tasks.forecasting import Forecaster
 from seqmodels.tasks.generation import CharLanguageModel
+from seqmodels.tasks.global_forecasting import GlobalForecaster
 
-__all__ = ["CharLanguageModel", "Forecaster", "SequenceClassifier"]
+__all__ = ["CharLanguageModel", "Forecaster", "GlobalForecaster", "SequenceClassifier"]

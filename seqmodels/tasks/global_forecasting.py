@@ -1,0 +1,278 @@
+"""One forecaster for many series, with prediction intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmodels.backbones import Backbone
+from seqmodels.errors import InvalidInputError
+from seqmodels.metrics import ForecastMetrics, gaussian_crps, pinball
+from seqmodels.preprocessing import PanelTransform
+from seqmodels.tasks.base import PreprocessedTask
+
+
+class Forecast(NamedTuple):
+    """A batch of forecasts in the series' own units: ``point (B, H)`` (the median; for a Gaussian
+    also the mean), ``quantiles (B, H, Q)`` at the model's levels, and for a direct Gaussian model
+    ``mean``/``std (B, H)``."""
+
+    point: Tensor
+    quantiles: Tensor
+    mean: Tensor | None = None
+    std: Tensor | None = None
+
+
+class GlobalForecaster(PreprocessedTask):
+    """A recurrent forecaster trained across many series at once (DeepAR's recipe), giving
+    probabilistic forecasts of the next ``horizon`` steps.
+
+    Each window is divided by its own scale (the mean absolute value of its observed past, see
+    :class:`~seqmodels.preprocessing.PanelTransform`), so series of any level share one model. Per
+    step the backbone reads the scaled value, whether it was observed (series that start late are
+    padded), past-observed covariates, and known-future covariates (calendar features included).
+
+    Modes:
+
+    * ``direct``: the backbone reads the context; its last state, with the known-future covariates
+      of the whole horizon, gives every horizon step at once (no errors fed back).
+    * ``recursive``: the backbone predicts one step, trained with the true previous values (teacher
+      forcing) and rolled forward at forecast time on its own forecasts: the mean path is the point
+      forecast, ``num_paths`` sampled paths give the intervals. Gaussian only, and no past-observed
+      covariates (they are unknown past the origin).
+
+    Likelihoods: ``gaussian`` (negative log-likelihood; intervals from the normal quantiles) or
+    ``quantile`` (pinball loss at ``quantiles``, made monotone by construction). ``quantiles`` are
+    also the levels that ``predict`` writes and that the interval metrics use (lowest to highest:
+    10% to 90% is the 80% interval). Point forecasts are the median.
+
+    Metrics per split: ``loss``, ``mae``, ``rmse``, ``mape``, ``smape``, ``mase``, ``coverage``,
+    ``wql`` and for a direct Gaussian ``crps`` (see :mod:`seqmodels.metrics`).
+
+    Args:
+        backbone: builds the recurrent backbone from its input size.
+        window, horizon: context and forecast steps; linked from the data module by the CLI.
+        past_features, future_features: covariate counts; linked from the data module.
+    """
+
+    preprocessor: PanelTransform | None
+    prediction_file = "forecast.csv"
+
+    def __init__(self, backbone: Callable[[int], Backbone], window: int = 36, horizon: int = 18,
+                 likelihood: Literal["gaussian", "quantile"] = "quantile",
+                 quantiles: Sequence[float] = (0.1, 0.5, 0.9), mode: Literal["direct", "recursive"] = "direct",
+                 past_features: int = 0, future_features: int = 0, num_paths: int = 200) -> None:
+        super().__init__()
+        levels = [float(q) for q in quantiles]
+        if not levels or levels != sorted(set(levels)) or not all(0 < q < 1 for q in levels):
+            raise InvalidInputError(f"quantiles must be distinct levels in (0, 1), ascending; got {list(quantiles)}.")
+        if 0.5 not in levels:
+            raise InvalidInputError(f"quantiles must include 0.5, the point forecast; got {levels}.")
+        if likelihood not in ("gaussian", "quantile"):
+            raise InvalidInputError(f"likelihood must be 'gaussian' or 'quantile', got {likelihood!r}.")
+        if mode not in ("direct", "recursive"):
+            raise InvalidInputError(f"mode must be 'direct' or 'recursive', got {mode!r}.")
+        if mode == "recursive" and likelihood != "gaussian":
+            raise InvalidInputError("mode: recursive feeds forecasts back as inputs and samples paths for its "
+                                    "intervals, which needs likelihood: gaussian. Use mode: direct for quantiles.")
+        if mode == "recursive" and past_features:
+            raise InvalidInputError("mode: recursive cannot use past-observed covariates (they are unknown past the "
+                                    "forecast origin); declare them known-future, or use mode: direct.")
+        for name, value in (("window", window), ("horizon", horizon), ("num_paths", num_paths)):
+            if value < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {value}.")
+        self.save_hyperparameters()
+        self.register_buffer("levels", torch.tensor(levels), persistent=False)
+        self.backbone = backbone(2 + past_features + future_features)
+        params = 2 if likelihood == "gaussian" else len(levels)
+        steps = horizon if mode == "direct" else 1
+        future_inputs = future_features * horizon if mode == "direct" else 0
+        self.head = nn.Linear(self.backbone.output_size + future_inputs, steps * params)
+        self.val_metrics, self.test_metrics = ForecastMetrics(), ForecastMetrics()
+
+    def check_preprocessor(self, preprocessor: PanelTransform) -> None:
+        if not isinstance(preprocessor, PanelTransform):
+            raise InvalidInputError(f"A GlobalForecaster reads panels of series: it needs a PanelTransform, got "
+                                    f"{type(preprocessor).__name__}. Pair it with datamodules.PanelDataModule.")
+        sizes = (preprocessor.past_features, preprocessor.future_features)
+        if sizes != (self.hparams.past_features, self.hparams.future_features):
+            raise InvalidInputError(f"The data has {sizes[0]} past and {sizes[1]} future covariates, the model was "
+                                    f"built for {self.hparams.past_features} and {self.hparams.future_features}.")
+
+    # -- the distribution ----------------------------------------------------------------------
+
+    def _distribution(self, raw: Tensor) -> tuple[Tensor, ...]:
+        return distribution(raw, self.hparams.likelihood, self.levels)
+
+    def _loss(self, parameters: tuple[Tensor, ...], target: Tensor) -> Tensor:
+        if self.hparams.likelihood == "gaussian":
+            mean, std = parameters
+            return F.gaussian_nll_loss(mean, target, std.pow(2), full=True)
+        return pinball(target, parameters[0], self.levels).mean()
+
+    def _to_quantiles(self, parameters: tuple[Tensor, ...]) -> Tensor:
+        return to_quantiles(parameters, self.hparams.likelihood, self.levels)
+
+    # -- the model -------------------------------------------------------------------------------
+
+    def _inputs(self, batch: dict[str, Tensor], scale: Tensor) -> Tensor:
+        return model_inputs(batch, scale, self.hparams.mode)
+
+    def _direct(self, batch: dict[str, Tensor], scale: Tensor) -> tuple[Tensor, ...]:
+        outputs, _ = self.backbone(self._inputs(batch, scale))
+        window = batch["context"].shape[1]
+        ahead = batch["future"][:, window:].flatten(1)
+        return self._distribution(self.head(torch.cat([outputs[:, -1], ahead], -1)))
+
+    def _teacher_forced(self, batch: dict[str, Tensor], scale: Tensor) -> tuple[Tensor, ...]:
+        """Recursive mode's training pass: one-step predictions of every target, each from the true past."""
+        window, horizon = batch["context"].shape[1], batch["target"].shape[1]
+        known = batch["target"][:, :-1] / scale
+        inputs = torch.cat([
+            self._inputs(batch, scale),
+            torch.cat([known.unsqueeze(-1), torch.ones_like(known).unsqueeze(-1),
+                       batch["future"][:, window + 1 : window + horizon]], -1),
+        ], 1)
+        outputs, _ = self.backbone(inputs)
+        raw = self.head(outputs[:, window - 1 :])
+        return self._distribution(raw.flatten(1))
+
+    def _rollout(self, batch: dict[str, Tensor], scale: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
+        """Recursive forecast of every horizon step, fed its own mean (or, ``sample``, a draw):
+        returns the means and standard deviations of each step's one-step distribution ``(B, H)``."""
+        window, horizon = batch["context"].shape[1], self.hparams.horizon
+        outputs, state = self.backbone(self._inputs(batch, scale))
+        means, stds = [], []
+        for k in range(horizon):
+            mean, std = self._distribution(self.head(outputs[:, -1]))
+            mean, std = mean[:, 0], std[:, 0]
+            means.append(mean)
+            stds.append(std)
+            if k + 1 == horizon:
+                break
+            value = mean + std * torch.randn_like(mean) if sample else mean
+            step = torch.cat([value[:, None], torch.ones_like(value)[:, None], batch["future"][:, window + k + 1]], -1)
+            outputs, state = self.backbone(step.unsqueeze(1), state)
+        return torch.stack(means, 1), torch.stack(stds, 1)
+
+    def forecast(self, batch: dict[str, Tensor]) -> Forecast:
+        """The batch's forecasts in the series' units (``batch`` as the panel data module gives it)."""
+        scale = PanelTransform.scale(batch["context"], batch["observed"])
+        middle = self.levels.tolist().index(0.5)
+        if self.hparams.mode == "direct":
+            parameters = self._direct(batch, scale)
+            quantiles = self._to_quantiles(parameters) * scale.unsqueeze(-1)
+            if self.hparams.likelihood == "gaussian":
+                mean, std = parameters
+                return Forecast(mean * scale, quantiles, mean * scale, std * scale)
+            return Forecast(quantiles[..., middle], quantiles)
+        mean, _ = self._rollout(batch, scale, sample=False)
+        rows, drawn, left = len(batch["context"]), [], self.hparams.num_paths
+        while left:  # paths drawn in groups of at most 50 per series, to bound memory
+            count = min(50, left)
+            part = {k: v.repeat_interleave(count, 0) for k, v in batch.items() if isinstance(v, Tensor)}
+            sampled_mean, sampled_std = self._rollout(part, scale.repeat_interleave(count, 0), sample=True)
+            draws = sampled_mean + sampled_std * torch.randn_like(sampled_mean)
+            drawn.append(draws.view(rows, count, -1))
+            left -= count
+        samples = torch.cat(drawn, 1)
+        quantiles = torch.quantile(samples, self.levels, dim=1).permute(1, 2, 0) * scale.unsqueeze(-1)
+        return Forecast(mean * scale, quantiles)
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def _training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        scale = PanelTransform.scale(batch["context"], batch["observed"])
+        target = batch["target"] / scale
+        if self.hparams.mode == "direct":
+            return self._loss(self._direct(batch, scale), target)
+        return self._loss(self._teacher_forced(batch, scale), target)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._training_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["target"]))
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], split: str, metrics: ForecastMetrics) -> None:
+        self.log(f"{split}/loss", self._training_loss(batch), batch_size=len(batch["target"]), sync_dist=True)
+        forecast = self.forecast(batch)
+        crps = None
+        if forecast.mean is not None:
+            crps = gaussian_crps(batch["target"], forecast.mean, forecast.std)
+        metrics.update(batch["target"], forecast.point, forecast.quantiles, self.levels, batch["scale"], crps)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+
+    def _log_metrics(self, split: str, metrics: ForecastMetrics) -> None:
+        if metrics.update_count:
+            values = metrics.compute()
+            self.log_dict({f"{split}/{name}": value for name, value in values.items()},
+                          prog_bar=split == "val")
+        metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """One record per series and step: ``id``, ``date``, ``forecast`` (the median) and the
+        quantiles as ``p10``, ``p50``, ``p90``, ... ."""
+        forecast = self.forecast(batch)
+        names = [f"p{round(100 * q, 2):g}" for q in self.levels.tolist()]
+        records = []
+        for row, (name, dates) in enumerate(zip(batch["names"], batch["dates"])):
+            for step, date in enumerate(dates):
+                record = {"id": name, "date": date, "forecast": round(float(forecast.point[row, step]), 4)}
+                record.update({n: round(float(v), 4) for n, v in zip(names, forecast.quantiles[row, step])})
+                records.append(record)
+        return records
+
+
+def distribution(raw: Tensor, likelihood: str, levels: Tensor) -> tuple[Tensor, ...]:
+    """Head output ``(B, steps * P)`` -> Gaussian ``(mean, std)`` or monotone ``quantiles``, each
+    ``(B, steps[, Q])``, in scaled units."""
+    raw = raw.float().view(raw.shape[0], -1, 2 if likelihood == "gaussian" else len(levels))
+    if likelihood == "gaussian":
+        return raw[..., 0], F.softplus(raw[..., 1]) + 1e-3
+    # The lowest level, then positive increments: quantiles can never cross.
+    increments = torch.cat([raw[..., :1], F.softplus(raw[..., 1:])], -1)
+    return (increments.cumsum(-1),)
+
+
+def to_quantiles(parameters: tuple[Tensor, ...], likelihood: str, levels: Tensor) -> Tensor:
+    if likelihood == "gaussian":
+        mean, std = parameters
+        z = torch.distributions.Normal(0.0, 1.0).icdf(levels)
+        return mean.unsqueeze(-1) + std.unsqueeze(-1) * z
+    return parameters[0]
+
+
+def model_inputs(batch: dict[str, Tensor], scale: Tensor, mode: str) -> Tensor:
+    """``(B, window, 2 + P + F)``: scaled value, observed flag, covariates; in recursive mode the
+    known-future covariates are those of the step being predicted (one ahead)."""
+    window = batch["context"].shape[1]
+    shift = 1 if mode == "recursive" else 0
+    return torch.cat([(batch["context"] / scale).unsqueeze(-1), batch["observed"].unsqueeze(-1), batch["past"],
+                      batch["future"][:, shift : window + shift]], -1)
+
+
+@torch.no_grad()
+def evaluate(model: GlobalForecaster, batches) -> dict[str, float]:
+    """The metrics of a model's forecasts over ``batches`` (e.g. one backtest fold)."""
+    metrics = ForecastMetrics()
+    model.eval()
+    for batch in batches:
+        forecast = model.forecast(batch)
+        crps = gaussian_crps(batch["target"], forecast.mean, forecast.std) if forecast.mean is not None else None
+        metrics.update(batch["target"], forecast.point, forecast.quantiles, model.levels, batch["scale"], crps)
+    return {name: float(value) for name, value in metrics.compute().items()}
