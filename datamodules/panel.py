@@ -234,6 +234,8 @@ class PanelDataModule(L.LightningDataModule):
             horizon too; ``predict`` needs their values for the steps it forecasts (rows at each
             series' end with an empty value).
         calendar: month of year and day of week as known-future inputs (needs dates).
+        log: the model reads and forecasts the log of the scaled values (positive series only):
+            relative errors, as sMAPE counts them. Travels with the model.
         window: context steps per window; series that start late are padded (marked unobserved).
         horizon: steps forecast at once; linked to the model.
         val_size, test_size: each series' last ``test_size`` values are its test span, the
@@ -256,7 +258,7 @@ class PanelDataModule(L.LightningDataModule):
                  past_covariates: list[str] | None = None, future_covariates: list[str] | None = None,
                  calendar: bool = False, window: int = 36, horizon: int = 18, val_size: int | None = None,
                  test_size: int | None = None, min_context: int | None = None, period: int | None = None,
-                 test_stride: int | None = None, batch_size: int = 256) -> None:
+                 test_stride: int | None = None, log: bool = False, batch_size: int = 256) -> None:
         super().__init__()
         for name, value in (("window", window), ("horizon", horizon), ("batch_size", batch_size)):
             if value < 1:
@@ -266,7 +268,7 @@ class PanelDataModule(L.LightningDataModule):
         self.source, self.layout = source, layout
         self.id_column, self.date_column, self.value_column = id_column, date_column, value_column
         self.past_covariates, self.future_covariates = list(past_covariates or []), list(future_covariates or [])
-        self.calendar = calendar
+        self.calendar, self.log = calendar, log
         self.window, self.horizon, self.batch_size = window, horizon, batch_size
         self._val_size, self._test_size, self._period = val_size, test_size, period
         self.min_context = min_context if min_context is not None else max(1, window // 2)
@@ -355,7 +357,7 @@ class PanelDataModule(L.LightningDataModule):
         if self.preprocessor is None:
             training_rows = np.concatenate(
                 [s.covariates[: len(s.values) - self.test_size - self.val_size] for s in self.series])
-            self.preprocessor = PanelTransform(self.past_covariates, self.future_covariates, self.calendar)
+            self.preprocessor = PanelTransform(self.past_covariates, self.future_covariates, self.calendar, self.log)
             self.preprocessor.fit(training_rows)
         elif (self.preprocessor.past, self.preprocessor.future, self.preprocessor.calendar) != \
                 (self.past_covariates, self.future_covariates, self.calendar):
@@ -365,6 +367,14 @@ class PanelDataModule(L.LightningDataModule):
                 f"{self.past_covariates} future={self.future_covariates} calendar={self.calendar}. Use the data "
                 "settings the model was trained with."
             )
+        if self.preprocessor.log:
+            for series in self.series:
+                if (series.values <= 0).any():
+                    position = int(np.flatnonzero(series.values <= 0)[0])
+                    raise InvalidInputError(
+                        f"Series {series.name!r} has a value <= 0 (at position {position}), but log: true models "
+                        "log(value / scale). Set data.log false, or shift the series to positive values."
+                    )
         self._build_buffer()
 
     def _build_buffer(self) -> None:

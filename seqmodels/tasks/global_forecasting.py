@@ -31,8 +31,9 @@ class GlobalForecaster(PreprocessedTask):
     """A recurrent forecaster trained across many series at once (DeepAR's recipe), giving
     probabilistic forecasts of the next ``horizon`` steps.
 
-    Each window is divided by its own scale (the mean absolute value of its observed past, see
-    :class:`~seqmodels.preprocessing.PanelTransform`), so series of any level share one model. Per
+    Each window is divided by its own scale (the mean absolute value of its observed past; logged
+    too with ``data.log``, see :class:`~seqmodels.preprocessing.PanelTransform`), so series of any
+    level share one model. Per
     step the backbone reads the scaled value, whether it was observed (series that start late are
     padded), past-observed covariates, and known-future covariates (calendar features included).
 
@@ -44,6 +45,10 @@ class GlobalForecaster(PreprocessedTask):
       forcing) and rolled forward at forecast time on its own forecasts: the mean path is the point
       forecast, ``num_paths`` sampled paths give the intervals. Gaussian only, and no past-observed
       covariates (they are unknown past the origin).
+
+    ``highway`` (direct mode) adds a linear map of the normalised context to the output, as LSTNet
+    does: the recurrent part then learns what a linear autoregression misses (measured on M3 in
+    ``docs/results.md``).
 
     Likelihoods: ``gaussian`` (negative log-likelihood; intervals from the normal quantiles) or
     ``quantile`` (pinball loss at ``quantiles``, made monotone by construction). ``quantiles`` are
@@ -65,7 +70,8 @@ class GlobalForecaster(PreprocessedTask):
     def __init__(self, backbone: Callable[[int], Backbone], window: int = 36, horizon: int = 18,
                  likelihood: Literal["gaussian", "quantile"] = "quantile",
                  quantiles: Sequence[float] = (0.1, 0.5, 0.9), mode: Literal["direct", "recursive"] = "direct",
-                 past_features: int = 0, future_features: int = 0, num_paths: int = 200) -> None:
+                 highway: bool = False, past_features: int = 0, future_features: int = 0,
+                 num_paths: int = 200) -> None:
         super().__init__()
         levels = [float(q) for q in quantiles]
         if not levels or levels != sorted(set(levels)) or not all(0 < q < 1 for q in levels):
@@ -79,6 +85,8 @@ class GlobalForecaster(PreprocessedTask):
         if mode == "recursive" and likelihood != "gaussian":
             raise InvalidInputError("mode: recursive feeds forecasts back as inputs and samples paths for its "
                                     "intervals, which needs likelihood: gaussian. Use mode: direct for quantiles.")
+        if mode == "recursive" and highway:
+            raise InvalidInputError("highway: true maps the context to the whole horizon, which is mode: direct.")
         if mode == "recursive" and past_features:
             raise InvalidInputError("mode: recursive cannot use past-observed covariates (they are unknown past the "
                                     "forecast origin); declare them known-future, or use mode: direct.")
@@ -92,6 +100,7 @@ class GlobalForecaster(PreprocessedTask):
         steps = horizon if mode == "direct" else 1
         future_inputs = future_features * horizon if mode == "direct" else 0
         self.head = nn.Linear(self.backbone.output_size + future_inputs, steps * params)
+        self.highway = nn.Linear(window, steps * params) if highway else None
         self.val_metrics, self.test_metrics = ForecastMetrics(), ForecastMetrics()
 
     def check_preprocessor(self, preprocessor: PanelTransform) -> None:
@@ -119,19 +128,22 @@ class GlobalForecaster(PreprocessedTask):
 
     # -- the model -------------------------------------------------------------------------------
 
+    @property
+    def transform(self) -> PanelTransform:
+        return self.require_preprocessor()
+
     def _inputs(self, batch: dict[str, Tensor], scale: Tensor) -> Tensor:
-        return model_inputs(batch, scale, self.hparams.mode)
+        return model_inputs(batch, scale, self.hparams.mode, self.transform)
 
     def _direct(self, batch: dict[str, Tensor], scale: Tensor) -> tuple[Tensor, ...]:
-        outputs, _ = self.backbone(self._inputs(batch, scale))
-        window = batch["context"].shape[1]
-        ahead = batch["future"][:, window:].flatten(1)
-        return self._distribution(self.head(torch.cat([outputs[:, -1], ahead], -1)))
+        inputs = self._inputs(batch, scale)
+        outputs, _ = self.backbone(inputs)
+        return self._distribution(direct_head(self.head, self.highway, outputs, inputs, batch["future"]))
 
     def _teacher_forced(self, batch: dict[str, Tensor], scale: Tensor) -> tuple[Tensor, ...]:
         """Recursive mode's training pass: one-step predictions of every target, each from the true past."""
         window, horizon = batch["context"].shape[1], batch["target"].shape[1]
-        known = batch["target"][:, :-1] / scale
+        known = self.transform.normalise(batch["target"][:, :-1], scale)
         inputs = torch.cat([
             self._inputs(batch, scale),
             torch.cat([known.unsqueeze(-1), torch.ones_like(known).unsqueeze(-1),
@@ -165,8 +177,8 @@ class GlobalForecaster(PreprocessedTask):
         middle = self.levels.tolist().index(0.5)
         if self.hparams.mode == "direct":
             parameters = self._direct(batch, scale)
-            quantiles = self._to_quantiles(parameters) * scale.unsqueeze(-1)
-            if self.hparams.likelihood == "gaussian":
+            quantiles = self.transform.denormalise(self._to_quantiles(parameters), scale.unsqueeze(-1))
+            if self.hparams.likelihood == "gaussian" and not self.transform.log:
                 mean, std = parameters
                 return Forecast(mean * scale, quantiles, mean * scale, std * scale)
             return Forecast(quantiles[..., middle], quantiles)
@@ -180,14 +192,14 @@ class GlobalForecaster(PreprocessedTask):
             drawn.append(draws.view(rows, count, -1))
             left -= count
         samples = torch.cat(drawn, 1)
-        quantiles = torch.quantile(samples, self.levels, dim=1).permute(1, 2, 0) * scale.unsqueeze(-1)
-        return Forecast(mean * scale, quantiles)
+        quantiles = torch.quantile(samples, self.levels, dim=1).permute(1, 2, 0)
+        return Forecast(self.transform.denormalise(mean, scale), self.transform.denormalise(quantiles, scale.unsqueeze(-1)))
 
     # -- steps -------------------------------------------------------------------------------------
 
     def _training_loss(self, batch: dict[str, Tensor]) -> Tensor:
         scale = PanelTransform.scale(batch["context"], batch["observed"])
-        target = batch["target"] / scale
+        target = self.transform.normalise(batch["target"], scale)
         if self.hparams.mode == "direct":
             return self._loss(self._direct(batch, scale), target)
         return self._loss(self._teacher_forced(batch, scale), target)
@@ -257,12 +269,22 @@ def to_quantiles(parameters: tuple[Tensor, ...], likelihood: str, levels: Tensor
     return parameters[0]
 
 
-def model_inputs(batch: dict[str, Tensor], scale: Tensor, mode: str) -> Tensor:
-    """``(B, window, 2 + P + F)``: scaled value, observed flag, covariates; in recursive mode the
+def direct_head(head: nn.Linear, highway: nn.Linear | None, outputs: Tensor, inputs: Tensor,
+                future: Tensor) -> Tensor:
+    """Direct mode's output: from the backbone's last step and the horizon's known-future inputs,
+    plus the highway's linear map of the normalised context values (``inputs[..., 0]``)."""
+    window = inputs.shape[1]
+    raw = head(torch.cat([outputs[:, -1], future[:, window:].flatten(1)], -1))
+    return raw if highway is None else raw + highway(inputs[..., 0])
+
+
+def model_inputs(batch: dict[str, Tensor], scale: Tensor, mode: str, transform: PanelTransform) -> Tensor:
+    """``(B, window, 2 + P + F)``: normalised value, observed flag, covariates; in recursive mode the
     known-future covariates are those of the step being predicted (one ahead)."""
     window = batch["context"].shape[1]
     shift = 1 if mode == "recursive" else 0
-    return torch.cat([(batch["context"] / scale).unsqueeze(-1), batch["observed"].unsqueeze(-1), batch["past"],
+    values = transform.normalise(batch["context"], scale, batch["observed"])
+    return torch.cat([values.unsqueeze(-1), batch["observed"].unsqueeze(-1), batch["past"],
                       batch["future"][:, shift : window + shift]], -1)
 
 
