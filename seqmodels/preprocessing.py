@@ -320,7 +320,10 @@ class PanelTransform:
         """``covariates (time, past + future)``: every series' training rows, stacked."""
         if covariates.shape[1]:
             self.mean = covariates.mean(0).astype(float).tolist()
-            self.std = np.maximum(covariates.std(0), 1e-8).astype(float).tolist()
+            std = covariates.std(0)
+            # A covariate constant in training (a law not yet in force) is only centred: dividing by a
+            # tiny spread would turn its later change into a value of millions.
+            self.std = np.where(std > 1e-6 * np.maximum(1.0, np.abs(covariates.mean(0))), std, 1.0).astype(float).tolist()
         return self
 
     def standardise(self, covariates: np.ndarray) -> np.ndarray:

@@ -231,6 +231,15 @@ def test_calendar_and_covariates_reach_the_model(tmp_path):
         GlobalForecaster(partial(GRU, hidden_size=8), window=24, horizon=6).preprocessor = data.preprocessor
 
 
+def test_a_covariate_constant_in_training_is_centred_not_blown_up():
+    rows = np.zeros((50, 2))
+    rows[:, 0] = np.arange(50)
+    transform = PanelTransform(past=["trend"], future=["law"]).fit(rows)
+    assert transform.std[1] == 1.0
+    later = transform.standardise(np.array([[60.0, 1.0]]))
+    assert later[0, 1] == pytest.approx(1.0)
+
+
 def test_predict_needs_known_future_covariates_past_the_end(tmp_path):
     frame = panel_frame(series=2)
     frame["promo"] = 0.0
