@@ -142,7 +142,7 @@ def main() -> None:
             rows.append(("combination: mean of the ensemble and Theta", score(test["target"], combined,
                                                                              test["scale"]), sum(seconds) + theta[2]))
 
-    print(f"\n| method | sMAPE | MASE | MAPE | 80% coverage | wQL | minutes |")
+    print("\n| method | sMAPE | MASE | MAPE | 80% coverage | wQL | minutes |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, m, took in rows:
         print(f"| {name} | {m['smape']:.2f} | {m['mase']:.3f} | {m['mape']:.2f} | {m['coverage']:.3f} | "

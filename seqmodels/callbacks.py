@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,21 @@ def _write(f, suffix: str, records: list[dict]) -> None:
         f.write("\n".join(str(r.get("text", r)) for r in records))
 
 
-class ForecastPlot(Callback):
+class _PlotAfterFitAndTest(Callback, ABC):
+    """A figure drawn when ``fit`` ends (the last weights) and when ``test`` ends (the tested ones)."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plot(trainer, pl_module, "fit")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plot(trainer, pl_module, "test")
+
+    @abstractmethod
+    def plot(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Draw the figure for ``stage`` ("fit" or "test") and save it with :func:`_save_figure`."""
+
+
+class ForecastPlot(_PlotAfterFitAndTest):
     """The series with the model's forecasts of the validation and test spans, as a TensorBoard
     figure (``forecast`` under IMAGES) and ``forecast.png`` in the run's folder: after ``fit``
     (and every ``every_n_epochs`` validations, if set) and after ``test``.
@@ -122,12 +137,6 @@ class ForecastPlot(Callback):
         n = self.every_n_epochs
         if n and not trainer.sanity_checking and (trainer.current_epoch + 1) % n == 0:
             self.plot(trainer, pl_module, "fit")
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.plot(trainer, pl_module, "fit")
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.plot(trainer, pl_module, "test")
 
     @torch.no_grad()
     def plot(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -167,7 +176,7 @@ class ForecastPlot(Callback):
         pl_module.train(was_training)
 
 
-class PanelForecastPlot(Callback):
+class PanelForecastPlot(_PlotAfterFitAndTest):
     """A few series of a panel with the global forecaster's test-span forecasts: the median and the
     band between the lowest and highest quantile (10-90%: the 80% interval), against the truth. Logged
     as ``fit/forecast`` (after ``fit``) and ``test/forecast`` (after ``test``) under IMAGES, and
@@ -179,12 +188,6 @@ class PanelForecastPlot(Callback):
 
     def __init__(self, series: int = 4) -> None:
         self.series = series
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.plot(trainer, pl_module, "fit")
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.plot(trainer, pl_module, "test")
 
     @torch.no_grad()
     def plot(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
