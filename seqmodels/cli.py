@@ -93,6 +93,9 @@ class SeqTrainer(L.Trainer):
             raise InvalidInputError("backtest needs --ckpt_path (a .ckpt file, 'last' or 'best').")
         if folds < 1 or (stride is not None and stride < 1):
             raise InvalidInputError(f"folds and stride must be >= 1, got folds={folds}, stride={stride}.")
+        if output and not Path(output).parent.is_dir():
+            raise MissingInputError(f"--output {output}: the folder {Path(output).parent} does not exist. Create it "
+                                    "first, or name a file in an existing folder.")
         checkpoint = load_checkpoint(ckpt_path)
         model.load_state_dict(checkpoint["state_dict"])
         model.on_load_checkpoint(checkpoint)
@@ -109,8 +112,7 @@ class SeqTrainer(L.Trainer):
                          **{k: round(v, 4) for k, v in evaluate(model, loader).items()}})
         _print_table(rows)
         path = Path(output) if output else run_folder(self) / "backtest.csv"
-        if not path.parent.is_dir():
-            raise MissingInputError(f"--output {output}: the folder {path.parent} does not exist. Create it first.")
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: _write_rows(f, rows))
         _plot_backtest(rows, path.with_suffix(".png"), self.logger)
         print(f"Wrote {path} and {path.with_suffix('.png')}")

@@ -268,6 +268,10 @@ def test_fit_test_predict_backtest_through_main(in_tmp):
     assert [r["origin"] for r in table] == ["test start - 12", "test start - 6", "test start"]
     assert [r["seen_in_training"] for r in table] == ["True", "False", "False"]
     assert (in_tmp / "backtest.png").stat().st_size > 0
+    main(["backtest", *args, "--ckpt_path", "best", "--folds", "2"])  # beside the run, never in it
+    assert len(list((in_tmp / "lightning_logs" / "m3_lstm" / "version_0" / "backtest").glob("version_*/backtest.csv"))) == 1
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["backtest", *args, "--ckpt_path", "best", "--output", "missing/b.csv"])
     run = in_tmp / "lightning_logs" / "m3_lstm" / "version_0"
     assert (run / "forecast.png").is_file()
 
