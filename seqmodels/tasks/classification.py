@@ -13,6 +13,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
 from seqmodels.backbones import Backbone
+from seqmodels.embeddings import load_word_vectors
 from seqmodels.errors import InvalidInputError
 from seqmodels.preprocessing import WordTokenizer
 from seqmodels.tasks.base import PreprocessedTask
@@ -63,6 +64,11 @@ class SequenceClassifier(PreprocessedTask):
         num_classes: 2 for sentiment.
         dropout: on the embeddings and on the pooled vector.
         labels: class names written by ``predict``.
+        embeddings: a word2vec/GloVe text file (optionally ``.gz``) whose vectors initialise the
+            embedding rows of the tokens it has, when ``fit`` starts a new run (a resumed or loaded
+            checkpoint keeps its own weights; the file is not needed to predict). The coverage of the
+            vocabulary is printed; see :func:`~seqmodels.embeddings.load_word_vectors`.
+        freeze_embeddings: keep the embedding table fixed during training.
     """
 
     preprocessor: WordTokenizer | None
@@ -70,7 +76,8 @@ class SequenceClassifier(PreprocessedTask):
 
     def __init__(self, vocab_size: int, backbone: Callable[[int], Backbone], embedding_dim: int = 128,
                  pooling: Pooling = "last", num_classes: int = 2, dropout: float = 0.0,
-                 labels: list[str] | None = None) -> None:
+                 labels: list[str] | None = None, embeddings: str | None = None,
+                 freeze_embeddings: bool = False) -> None:
         super().__init__()
         if pooling not in ("last", "mean", "max"):
             raise InvalidInputError(f"pooling must be 'last', 'mean' or 'max', got {pooling!r}.")
@@ -83,6 +90,7 @@ class SequenceClassifier(PreprocessedTask):
         self.save_hyperparameters()
         self.labels = labels
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.embedding.weight.requires_grad_(not freeze_embeddings)
         self.backbone = backbone(embedding_dim)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.output_size, num_classes)
@@ -102,6 +110,23 @@ class SequenceClassifier(PreprocessedTask):
                 f"The tokenizer has {preprocessor.vocab_size} tokens but the model's embedding has "
                 f"{self.hparams.vocab_size} rows; set model.vocab_size to data.vocab_size."
             )
+
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a checkpoint's weights, so a resumed run keeps what it learnt.
+        if stage == "fit" and self.hparams.embeddings:
+            self.load_word_vectors(self.hparams.embeddings)
+
+    @torch.no_grad()
+    def load_word_vectors(self, path: str) -> float:
+        """Copy the vectors of ``path`` into the embedding rows of the tokens it has (others start
+        near them); returns the share of the vocabulary found."""
+        vocabulary = self.require_preprocessor().vocabulary()
+        vectors = load_word_vectors(path, vocabulary, self.hparams.embedding_dim)
+        rows = min(len(vectors.weight), self.embedding.num_embeddings)
+        self.embedding.weight[:rows] = vectors.weight[:rows].to(self.embedding.weight)
+        print(f"Word vectors: {int(vectors.found.sum()):,} of {len(vocabulary) - 1:,} tokens found in {path} "
+              f"({vectors.coverage:.1%}); the others start from the found vectors' mean and spread.")
+        return vectors.coverage
 
     def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Token ids ``(batch, time)`` -> logits ``(batch, num_classes)``."""
