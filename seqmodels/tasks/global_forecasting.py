@@ -17,9 +17,9 @@ from seqmodels.tasks.base import PreprocessedTask
 
 
 class Forecast(NamedTuple):
-    """A batch of forecasts in the series' own units: ``point (B, H)`` (the median; for a Gaussian
-    also the mean), ``quantiles (B, H, Q)`` at the model's levels, and for a direct Gaussian model
-    ``mean``/``std (B, H)``."""
+    """A batch of forecasts in the series' own units: ``point (B, H)`` (direct mode: the median, which
+    for a Gaussian is also the mean; recursive mode: the path fed its own means), ``quantiles (B, H,
+    Q)`` at the model's levels, and for a direct Gaussian model on unlogged values ``mean``/``std``."""
 
     point: Tensor
     quantiles: Tensor
@@ -237,8 +237,8 @@ class GlobalForecaster(PreprocessedTask):
         metrics.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """One record per series and step: ``id``, ``date``, ``forecast`` (the median) and the
-        quantiles as ``p10``, ``p50``, ``p90``, ... ."""
+        """One record per series and step: ``id``, ``date``, ``forecast`` (the point forecast, see
+        :class:`Forecast`) and the quantiles as ``p10``, ``p50``, ``p90``, ... ."""
         forecast = self.forecast(batch)
         names = [f"p{round(100 * q, 2):g}" for q in self.levels.tolist()]
         records = []
