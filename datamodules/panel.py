@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.series import _sniff_delimiter, next_dates
+from datamodules.series import _parse_dates, _sniff_delimiter, next_dates
 from seqmodels.errors import InvalidInputError, MissingInputError
 from seqmodels.metrics import seasonal_scale
 from seqmodels.preprocessing import PanelTransform
@@ -83,7 +83,7 @@ def read_long_csv(path: Path, id_column: str, date_column: str | None, value_col
         rows = np.asarray(rows)
         dates = None
         if date_column:
-            parsed = pd.to_datetime(frame[date_column].iloc[rows], errors="coerce")
+            parsed = _parse_dates(frame[date_column].iloc[rows].tolist())
             if parsed.isna().any():
                 line = int(rows[np.flatnonzero(parsed.isna().to_numpy())[0]]) + 2
                 raise InvalidInputError(f"{path}: series {name!r} has a date that cannot be read at line {line} "
@@ -330,7 +330,8 @@ class PanelDataModule(L.LightningDataModule):
         if dates and len(dates) >= 3:
             import pandas as pd
 
-            frequency = pd.infer_freq(pd.DatetimeIndex(pd.to_datetime(pd.Series(dates))))
+            parsed = _parse_dates(dates)
+            frequency = None if parsed.isna().any() else pd.infer_freq(pd.DatetimeIndex(parsed))
             if frequency:
                 return PERIODS.get(frequency.split("-")[0], 1)
         return 1
@@ -428,40 +429,31 @@ class PanelDataModule(L.LightningDataModule):
         """``train``: every origin whose targets lie in a training part and that has ``min_context``
         observed values; ``val``/``test``: origins every ``test_stride`` steps from the span's start;
         ``predict``: each series' end."""
-        origins, series_ids, scales = [], [], []
-        for i, series in enumerate(self.series):
-            val_start, test_start = self.spans(series) if split != "predict" else (0, 0)
+        chosen = []  # per series: its forecast origins, and where the history MASE is scaled by ends
+        for series in self.series:
             n = len(series.values)
+            val_start, test_start = self.spans(series) if split != "predict" else (n, n)
             if split == "train":
-                starts = range(self.min_context, val_start - self.horizon + 1)
-                history_end = val_start
+                chosen.append((range(self.min_context, val_start - self.horizon + 1), val_start))
             elif split == "val":
-                starts = range(val_start, test_start - self.horizon + 1, self.test_stride)
-                history_end = val_start
+                chosen.append((range(val_start, test_start - self.horizon + 1, self.test_stride), val_start))
             elif split == "test":
-                starts = range(test_start, n - self.horizon + 1, self.test_stride)
-                history_end = test_start
+                chosen.append((range(test_start, n - self.horizon + 1, self.test_stride), test_start))
             else:
-                starts, history_end = [n], n
-            scale = self._mase_scale(series.values[:history_end])
-            origins.extend(self.offsets[i] + s for s in starts)
-            series_ids.extend([i] * len(starts))
-            scales.extend([scale] * len(starts))
-        if split == "train" and not origins:
+                chosen.append(([n], n))
+        if split == "train" and not any(len(starts) for starts, _ in chosen):
             raise InvalidInputError(
                 f"No series has a training window: each needs min_context ({self.min_context}) + horizon "
                 f"({self.horizon}) values before its validation span. Use longer series or smaller settings."
             )
         labels = [self._labels(series) for series in self.series] if split == "predict" else None
-        return PanelWindows(self.buffer, torch.tensor(origins, dtype=torch.long),
-                            torch.tensor(series_ids, dtype=torch.long), torch.tensor(scales, dtype=torch.float32),
-                            self.window, self.horizon, self.preprocessor.past_features, labels)
+        return self._windows_at(chosen, labels)
 
     def backtest_windows(self, before: int) -> tuple[PanelWindows, bool]:
         """One window per series, its origin ``before`` steps before the series' test start (the MASE
         scale from the values before the origin), and whether any target lies in a training part."""
-        origins, series_ids, scales, overlaps = [], [], [], False
-        for i, series in enumerate(self.series):
+        chosen, overlaps = [], False
+        for series in self.series:
             val_start, test_start = self.spans(series)
             origin = test_start - before
             if origin < 1 or origin + self.horizon > len(series.values):
@@ -471,13 +463,21 @@ class PanelDataModule(L.LightningDataModule):
                     "fewer folds or a smaller stride."
                 )
             overlaps |= origin < val_start
-            origins.append(self.offsets[i] + origin)
-            series_ids.append(i)
-            scales.append(self._mase_scale(series.values[:origin]))
-        windows = PanelWindows(self.buffer, torch.tensor(origins), torch.tensor(series_ids),
-                               torch.tensor(scales, dtype=torch.float32), self.window, self.horizon,
-                               self.preprocessor.past_features)
-        return windows, overlaps
+            chosen.append(([origin], origin))
+        return self._windows_at(chosen), overlaps
+
+    def _windows_at(self, chosen: list[tuple[Sequence[int], int]],
+                    labels: list[tuple[str, list[str]]] | None = None) -> PanelWindows:
+        """The windows at each series' ``(origins, end of the history MASE is scaled by)``."""
+        origins, series_ids, scales = [], [], []
+        for i, (starts, history_end) in enumerate(chosen):
+            scale = self._mase_scale(self.series[i].values[:history_end])
+            origins.extend(self.offsets[i] + s for s in starts)
+            series_ids.extend([i] * len(starts))
+            scales.extend([scale] * len(starts))
+        return PanelWindows(self.buffer, torch.tensor(origins, dtype=torch.long),
+                            torch.tensor(series_ids, dtype=torch.long), torch.tensor(scales, dtype=torch.float32),
+                            self.window, self.horizon, self.preprocessor.past_features, labels)
 
     def _mase_scale(self, history: np.ndarray) -> float:
         """MASE's in-sample seasonal naive error; the one-step naive error, then 1, for histories too
@@ -490,8 +490,12 @@ class PanelDataModule(L.LightningDataModule):
                     return scale
         return 1.0
 
+    def loader(self, windows: PanelWindows, shuffle: bool = False) -> DataLoader:
+        """Batches of ``windows``, each gathered in one go by :meth:`PanelWindows.__getitems__`."""
+        return DataLoader(windows, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_batch)
+
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.windows(split), batch_size=self.batch_size, shuffle=shuffle, collate_fn=_batch)
+        return self.loader(self.windows(split), shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

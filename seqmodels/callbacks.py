@@ -79,7 +79,7 @@ class PredictionWriter(BasePredictionWriter):
             records = [{k: v for k, v in unique[i].items() if k != "index"} for i in sorted(unique)]
         path = self.path(trainer, pl_module)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: _write(f, path.suffix, records))
+        atomic_write(path, lambda f: write_records(f, path.suffix, records))
         self.written = path
         print(f"Wrote {len(records)} predictions to {path}")
 
@@ -93,7 +93,8 @@ def _flatten(predictions: Any) -> list[dict]:
     return records
 
 
-def _write(f, suffix: str, records: list[dict]) -> None:
+def write_records(f, suffix: str, records: list[dict]) -> None:
+    """Records as the suffix says: ``.jsonl``, ``.csv`` (header from the first record), else their text."""
     if suffix == ".jsonl":
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -230,14 +231,18 @@ class PanelForecastPlot(_PlotAfterFitAndTest):
 
 
 def _save_figure(trainer: L.Trainer, fig, stage: str) -> None:
+    save_figure(fig, f"{stage}/forecast", run_folder(trainer) / "forecast.png", trainer.logger, trainer.global_step)
+
+
+def save_figure(fig, tag: str, path: Path, logger=None, step: int = 0) -> None:
+    """``fig`` to TensorBoard (under ``tag``, when the logger draws figures) and as a PNG at ``path``
+    (written whole or not at all), then closed."""
     import matplotlib.pyplot as plt
 
-    logger = trainer.logger
     if logger is not None and hasattr(logger.experiment, "add_figure"):
-        logger.experiment.add_figure(f"{stage}/forecast", fig, global_step=trainer.global_step, close=False)
-    folder = run_folder(trainer)
-    folder.mkdir(parents=True, exist_ok=True)
-    fig.savefig(folder / "forecast.png", dpi=100)
+        logger.experiment.add_figure(tag, fig, global_step=step, close=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
     plt.close(fig)
 
 

@@ -32,7 +32,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _Instan
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import Optimizer
 
-from seqmodels.callbacks import ForecastPlot, ModelGraph, PanelForecastPlot, PredictionWriter, PreprocessingHandoff
+from seqmodels.callbacks import (ForecastPlot, ModelGraph, PanelForecastPlot, PredictionWriter, PreprocessingHandoff,
+                                 save_figure, write_records)
 from seqmodels.checkpoints import CheckpointError, SafeCheckpointIO, find_checkpoint, load_checkpoint
 from seqmodels.errors import InputError, InvalidInputError, MissingInputError
 from seqmodels.files import atomic_write
@@ -62,9 +63,7 @@ class SeqTrainer(L.Trainer):
         if not ckpt_path or not output:
             raise InvalidInputError("export needs --ckpt_path (a .ckpt file, 'last' or 'best') and --output (the file "
                                     "to write, e.g. model.onnx).")
-        checkpoint = load_checkpoint(ckpt_path)
-        model.load_state_dict(checkpoint["state_dict"])
-        model.on_load_checkpoint(checkpoint)
+        _load_weights(model, ckpt_path)
         written = export(model, format, output)
         print("Wrote " + ", ".join(str(p) for p in written))
         return written
@@ -80,8 +79,6 @@ class SeqTrainer(L.Trainer):
         part are marked, since the model has seen them. Prints a table and writes it (``output``, or
         ``backtest.csv`` in the run's folder) with ``backtest.png`` beside it.
         """
-        from torch.utils.data import DataLoader
-
         from seqmodels.callbacks import run_folder
         from seqmodels.tasks.global_forecasting import evaluate
 
@@ -96,9 +93,7 @@ class SeqTrainer(L.Trainer):
         if output and not Path(output).parent.is_dir():
             raise MissingInputError(f"--output {output}: the folder {Path(output).parent} does not exist. Create it "
                                     "first, or name a file in an existing folder.")
-        checkpoint = load_checkpoint(ckpt_path)
-        model.load_state_dict(checkpoint["state_dict"])
-        model.on_load_checkpoint(checkpoint)
+        _load_weights(model, ckpt_path)
         datamodule.preprocessor = model.preprocessor
         datamodule.setup("test")
         stride = stride or datamodule.horizon
@@ -106,17 +101,23 @@ class SeqTrainer(L.Trainer):
         for fold in range(folds):
             before = (folds - 1 - fold) * stride
             windows, overlaps = datamodule.backtest_windows(before)
-            loader = DataLoader(windows, batch_size=datamodule.batch_size, collate_fn=lambda items: items)
             rows.append({"fold": fold + 1, "origin": f"test start - {before}" if before else "test start",
                          "series": len(windows), "seen_in_training": overlaps,
-                         **{k: round(v, 4) for k, v in evaluate(model, loader).items()}})
+                         **{k: round(v, 4) for k, v in evaluate(model, datamodule.loader(windows)).items()}})
         _print_table(rows)
         path = Path(output) if output else run_folder(self) / "backtest.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: _write_rows(f, rows))
+        atomic_write(path, lambda f: write_records(f, ".csv", rows))
         _plot_backtest(rows, path.with_suffix(".png"), self.logger)
         print(f"Wrote {path} and {path.with_suffix('.png')}")
         return rows
+
+
+def _load_weights(model: L.LightningModule, ckpt_path: str) -> None:
+    """A checkpoint's weights and preprocessing into ``model`` (the subcommands that run no loop)."""
+    checkpoint = load_checkpoint(ckpt_path)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.on_load_checkpoint(checkpoint)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -125,14 +126,6 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
     for row in rows:
         print("  ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths)))
-
-
-def _write_rows(f, rows: list[dict[str, Any]]) -> None:
-    import csv
-
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def _plot_backtest(rows: list[dict[str, Any]], path: Path, logger) -> None:
@@ -154,10 +147,7 @@ def _plot_backtest(rows: list[dict[str, Any]], path: Path, logger) -> None:
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.suptitle("backtest: one forecast per series from each origin")
     fig.tight_layout()
-    if logger is not None and hasattr(logger.experiment, "add_figure"):
-        logger.experiment.add_figure("backtest", fig, close=False)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
-    plt.close(fig)
+    save_figure(fig, "backtest", path, logger)
 
 
 class HparamsSummary(Callback):

@@ -174,14 +174,8 @@ class GlobalForecaster(PreprocessedTask):
     def forecast(self, batch: dict[str, Tensor]) -> Forecast:
         """The batch's forecasts in the series' units (``batch`` as the panel data module gives it)."""
         scale = PanelTransform.scale(batch["context"], batch["observed"])
-        middle = self.levels.tolist().index(0.5)
         if self.hparams.mode == "direct":
-            parameters = self._direct(batch, scale)
-            quantiles = self.transform.denormalise(self._to_quantiles(parameters), scale.unsqueeze(-1))
-            if self.hparams.likelihood == "gaussian" and not self.transform.log:
-                mean, std = parameters
-                return Forecast(mean * scale, quantiles, mean * scale, std * scale)
-            return Forecast(quantiles[..., middle], quantiles)
+            return self._direct_forecast(self._direct(batch, scale), scale)
         mean, _ = self._rollout(batch, scale, sample=False)
         rows, drawn, left = len(batch["context"]), [], self.hparams.num_paths
         while left:  # paths drawn in groups of at most 50 per series, to bound memory
@@ -194,6 +188,13 @@ class GlobalForecaster(PreprocessedTask):
         samples = torch.cat(drawn, 1)
         quantiles = torch.quantile(samples, self.levels, dim=1).permute(1, 2, 0)
         return Forecast(self.transform.denormalise(mean, scale), self.transform.denormalise(quantiles, scale.unsqueeze(-1)))
+
+    def _direct_forecast(self, parameters: tuple[Tensor, ...], scale: Tensor) -> Forecast:
+        quantiles = self.transform.denormalise(self._to_quantiles(parameters), scale.unsqueeze(-1))
+        if self.hparams.likelihood == "gaussian" and not self.transform.log:
+            mean, std = parameters
+            return Forecast(mean * scale, quantiles, mean * scale, std * scale)
+        return Forecast(quantiles[..., self.levels.tolist().index(0.5)], quantiles)
 
     # -- steps -------------------------------------------------------------------------------------
 
@@ -210,12 +211,15 @@ class GlobalForecaster(PreprocessedTask):
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str, metrics: ForecastMetrics) -> None:
-        self.log(f"{split}/loss", self._training_loss(batch), batch_size=len(batch["target"]), sync_dist=True)
-        forecast = self.forecast(batch)
-        crps = None
-        if forecast.mean is not None:
-            crps = gaussian_crps(batch["target"], forecast.mean, forecast.std)
-        metrics.update(batch["target"], forecast.point, forecast.quantiles, self.levels, batch["scale"], crps)
+        if self.hparams.mode == "direct":  # one pass gives both the loss and the forecast
+            scale = PanelTransform.scale(batch["context"], batch["observed"])
+            parameters = self._direct(batch, scale)
+            loss = self._loss(parameters, self.transform.normalise(batch["target"], scale))
+            forecast = self._direct_forecast(parameters, scale)
+        else:
+            loss, forecast = self._training_loss(batch), self.forecast(batch)
+        self.log(f"{split}/loss", loss, batch_size=len(batch["target"]), sync_dist=True)
+        update_metrics(metrics, batch, forecast, self.levels)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
@@ -288,13 +292,17 @@ def model_inputs(batch: dict[str, Tensor], scale: Tensor, mode: str, transform: 
                       batch["future"][:, shift : window + shift]], -1)
 
 
+def update_metrics(metrics: ForecastMetrics, batch: dict[str, Tensor], forecast: Forecast, levels: Tensor) -> None:
+    """Add a batch's forecasts to ``metrics`` (with the Gaussian CRPS where the forecast has one)."""
+    crps = gaussian_crps(batch["target"], forecast.mean, forecast.std) if forecast.mean is not None else None
+    metrics.update(batch["target"], forecast.point, forecast.quantiles, levels, batch["scale"], crps)
+
+
 @torch.no_grad()
 def evaluate(model: GlobalForecaster, batches) -> dict[str, float]:
     """The metrics of a model's forecasts over ``batches`` (e.g. one backtest fold)."""
     metrics = ForecastMetrics()
     model.eval()
     for batch in batches:
-        forecast = model.forecast(batch)
-        crps = gaussian_crps(batch["target"], forecast.mean, forecast.std) if forecast.mean is not None else None
-        metrics.update(batch["target"], forecast.point, forecast.quantiles, model.levels, batch["scale"], crps)
+        update_metrics(metrics, batch, model.forecast(batch), model.levels)
     return {name: float(value) for name, value in metrics.compute().items()}
