@@ -21,6 +21,8 @@ from pathlib import Path
 
 from machine import describe
 
+from datamodules.imdb import local_parquet_files
+
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -31,7 +33,8 @@ def encoding_times(data_dir: str | None) -> tuple[float, float, dict[str, int]]:
     from datamodules import IMDBDataModule
 
     with tempfile.TemporaryDirectory() as cache:
-        datasets.load_dataset(str(Path(data_dir or os.environ["SEQMODELS_DATA_DIR"]) / "imdb"))  # parquet -> Arrow once
+        local = Path(data_dir or os.environ["SEQMODELS_DATA_DIR"]) / "imdb"
+        datasets.load_dataset("parquet", data_files=local_parquet_files(local))  # parquet -> Arrow once
         datasets.disable_caching()  # cold: map recomputes every encoding
         start = time.perf_counter()
         dm = IMDBDataModule(data_dir=data_dir, cache_dir=cache)

@@ -199,7 +199,7 @@ class IMDBDataModule(L.LightningDataModule):
         local = self._local_dir()
         if local.is_dir():
             try:
-                raw = datasets.load_dataset(str(local))
+                raw = datasets.load_dataset("parquet", data_files=local_parquet_files(local))
             except Exception as error:  # mismatched columns across files, unreadable parquet, ...
                 cause = error.__cause__ or error
                 raise InvalidInputError(
@@ -365,3 +365,15 @@ def read_reviews(path: str | None) -> list[str]:
                 f"{file}, line {number}: \"text\" must be a string, got {type(texts[-1]).__name__}."
             )
     return texts
+
+
+def local_parquet_files(folder: Path) -> dict[str, list[str]]:
+    """The parquet files of each split under ``folder`` (``<split>-*.parquet``, any depth), by absolute path.
+
+    Named explicitly because ``datasets`` caches a local folder by its name and its card's file
+    patterns: two folders called ``imdb`` with the same card (the full data and a small copy) would
+    share one cache entry, and the second would silently read the first's reviews.
+    """
+    files = {split: sorted(str(p.resolve()) for p in folder.rglob(f"{split}-*.parquet"))
+             for split in ("train", "test", "unsupervised")}
+    return {split: found for split, found in files.items() if found}

@@ -31,12 +31,14 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _InstantiatorFn
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from seqmodels.callbacks import (ForecastPlot, ModelGraph, PanelForecastPlot, PredictionWriter, PreprocessingHandoff,
                                  save_figure, write_records)
 from seqmodels.checkpoints import CheckpointError, SafeCheckpointIO, find_checkpoint, load_checkpoint
 from seqmodels.errors import InputError, InvalidInputError, MissingInputError
 from seqmodels.files import atomic_write
+from seqmodels.finetuning import scheduler_interval, split_param_groups
 from seqmodels.export import Format, export
 from seqmodels.preprocessing import from_checkpoint
 from seqmodels.runtime import tune_allocator
@@ -314,9 +316,14 @@ class SeqCLI(LightningCLI):
     def _give_checkpoint_preprocessing(self, datamodule: L.LightningDataModule) -> None:
         """A checkpoint's preprocessing goes to the data module as it is built, before sizes are
         linked from it, so nothing has to be fitted on (or even read from) the training data."""
-        if self._checkpoint is None or "preprocessor" not in self._checkpoint:
+        checkpoint = self._checkpoint
+        if checkpoint is None:
+            # A classifier fine-tuned from a pretrained language model reads the data with its tokenizer.
+            init_from = (self._active(self.config)["model"].get("init_args") or {}).get("init_from")
+            checkpoint = load_checkpoint(init_from) if init_from else None
+        if checkpoint is None or "preprocessor" not in checkpoint:
             return
-        preprocessor = from_checkpoint(self._checkpoint["preprocessor"])
+        preprocessor = from_checkpoint(checkpoint["preprocessor"])
         # A checkpoint of another task is refused with a clear message once the model is built.
         if isinstance(preprocessor, getattr(datamodule, "preprocessor_type", ())):
             datamodule.preprocessor = preprocessor
@@ -360,6 +367,22 @@ class SeqCLI(LightningCLI):
         if isinstance(self.model, GlobalForecaster):
             trainer.callbacks.append(PanelForecastPlot())
         return trainer
+
+    @staticmethod
+    def configure_optimizers(lightning_module: L.LightningModule, optimizer: Optimizer, lr_scheduler=None) -> Any:
+        # The config names one optimizer and scheduler; a model may ask for a rate per layer group
+        # (discriminative fine-tuning), and a per-step schedule is stepped per step.
+        scales = getattr(lightning_module, "learning_rate_scales", lambda: None)()
+        if scales is not None:
+            split_param_groups(optimizer, lr_scheduler, lightning_module.layer_groups(), scales)
+        if lr_scheduler is None:
+            return optimizer
+        if getattr(lr_scheduler, "total_steps", 0) is None:
+            lr_scheduler.total_steps = int(lightning_module.trainer.estimated_stepping_batches)
+        if isinstance(lr_scheduler, ReduceLROnPlateau):
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "monitor": lr_scheduler.monitor}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": lr_scheduler, "interval": scheduler_interval(lr_scheduler)}}
 
     def _experiment_params(self) -> dict[str, Any]:
         """What TensorBoard's HPARAMS view and hparams.yaml show of the run: the model, data,

@@ -30,12 +30,17 @@ def fake_reviews(n: int, seed: int, extra_word: str | None = None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def write_imdb(root, train=None, test=None):
+def write_imdb(root, train=None, test=None, unsupervised=None):
     folder = root / "imdb" / "plain_text"
     folder.mkdir(parents=True, exist_ok=True)
     (fake_reviews(80, 0) if train is None else train).to_parquet(folder / "train-00000-of-00001.parquet")
     (fake_reviews(40, 1, extra_word="zzonlyintest") if test is None else test).to_parquet(
         folder / "test-00000-of-00001.parquet")
+    if unsupervised is not None:  # the hub's card names the third split, as in ../shared/data/imdb
+        unsupervised.assign(label=-1).to_parquet(folder / "unsupervised-00000-of-00001.parquet")
+        splits = "".join(f"  - split: {name}\n    path: plain_text/{name}-*\n" for name in ("train", "test", "unsupervised"))
+        (root / "imdb" / "README.md").write_text(f"---\nconfigs:\n- config_name: plain_text\n  data_files:\n{splits}"
+                                                 "  default: true\n---\n", encoding="utf-8")
     return root
 
 

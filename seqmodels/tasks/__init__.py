@@ -4,5 +4,6 @@ from seqmodels.tasks.classification import SequenceClassifier
 from seqmodels.tasks.forecasting import Forecaster
 from seqmodels.tasks.generation import CharLanguageModel
 from seqmodels.tasks.global_forecasting import GlobalForecaster
+from seqmodels.tasks.language_model import WordLanguageModel
 
-__all__ = ["CharLanguageModel", "Forecaster", "GlobalForecaster", "SequenceClassifier"]
+__all__ = ["CharLanguageModel", "Forecaster", "GlobalForecaster", "SequenceClassifier", "WordLanguageModel"]

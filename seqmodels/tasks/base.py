@@ -8,6 +8,8 @@ import lightning as L
 import torch
 
 from seqmodels.errors import InvalidInputError
+from torch import Tensor
+
 from seqmodels.preprocessing import Preprocessor, from_checkpoint, to_checkpoint
 
 
@@ -61,3 +63,45 @@ class PreprocessedTask(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters())
+
+
+class StreamedLanguageModel(PreprocessedTask):
+    """A language model evaluated on contiguous streams (see ``datamodules.chartext.Streams``).
+
+    Validation and test batches are ``(index, inputs, targets)``, block ``index`` of every stream;
+    the recurrent state is carried from block ``index - 1``, so every token is predicted once with
+    all the text before it in its stream as context. ``val/loss`` and ``test/loss`` are in nats per
+    token; subclasses add their own unit in :meth:`log_stream_metrics`.
+    """
+
+    _stream_state: Any = None
+    _stream_index: int = -1
+
+    def stream_loss(self, inputs: Tensor, targets: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """The mean next-token loss of a block read from ``state``, and the state after it."""
+        raise NotImplementedError
+
+    def log_stream_metrics(self, stage: str, loss: Tensor, count: int) -> None:
+        """Log what else ``loss`` (nats per token over ``count`` tokens) means, e.g. bits or perplexity."""
+
+    def _stream_step(self, batch: tuple[int, Tensor, Tensor], stage: str) -> None:
+        index, inputs, targets = batch
+        # Carry the state only from the block just before this one in the same streams.
+        state = self._stream_state if int(index) == self._stream_index + 1 else None
+        loss, state = self.stream_loss(inputs, targets, state)
+        self._stream_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        self._stream_index = int(index)
+        count = targets.numel()
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
+        self.log_stream_metrics(stage, loss, count)
+
+    def validation_step(self, batch: tuple[int, Tensor, Tensor], batch_idx: int) -> None:
+        self._stream_step(batch, "val")
+
+    def test_step(self, batch: tuple[int, Tensor, Tensor], batch_idx: int) -> None:
+        self._stream_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._stream_state, self._stream_index = None, -1
+
+    on_test_epoch_start = on_validation_epoch_start

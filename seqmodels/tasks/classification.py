@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, Mul
 
 from seqmodels.backbones import Backbone
 from seqmodels.embeddings import load_word_vectors
+from seqmodels.finetuning import layer_groups
 from seqmodels.errors import InvalidInputError
 from seqmodels.preprocessing import WordTokenizer
 from seqmodels.tasks.base import PreprocessedTask
@@ -69,6 +70,18 @@ class SequenceClassifier(PreprocessedTask):
             checkpoint keeps its own weights; the file is not needed to predict). The coverage of the
             vocabulary is printed; see :func:`~seqmodels.embeddings.load_word_vectors`.
         freeze_embeddings: keep the embedding table fixed during training.
+        init_from: a :class:`~seqmodels.tasks.WordLanguageModel` checkpoint (``configs/imdb_lm.yaml``)
+            whose embedding and backbone weights start this model when ``fit`` starts a new run (see
+            :meth:`initialise_from`); the CLI also reads the data with that checkpoint's tokenizer.
+        init_backward_from: the checkpoint of a language model trained on reversed text
+            (``--data.reverse true``), for the backward direction of a bidirectional backbone.
+            Without it that direction starts from random weights (the forward model's weights would
+            read the text backwards with weights that learnt to read it forwards).
+        layer_lr_decay: discriminative learning rates (ULMFiT's 2.6): the head trains at the
+            optimizer's ``lr``, each layer group below it (backbone layers, then the embedding) at the
+            rate of the one above divided by this; 1 keeps one rate.
+        gradual_unfreezing: train only the head in the first epoch, and unfreeze one more layer
+            group from the top each epoch after (ULMFiT).
     """
 
     preprocessor: WordTokenizer | None
@@ -77,7 +90,9 @@ class SequenceClassifier(PreprocessedTask):
     def __init__(self, vocab_size: int, backbone: Callable[[int], Backbone], embedding_dim: int = 128,
                  pooling: Pooling = "last", num_classes: int = 2, dropout: float = 0.0,
                  labels: list[str] | None = None, embeddings: str | None = None,
-                 freeze_embeddings: bool = False) -> None:
+                 freeze_embeddings: bool = False, init_from: str | None = None,
+                 init_backward_from: str | None = None, layer_lr_decay: float = 1.0,
+                 gradual_unfreezing: bool = False) -> None:
         super().__init__()
         if pooling not in ("last", "mean", "max"):
             raise InvalidInputError(f"pooling must be 'last', 'mean' or 'max', got {pooling!r}.")
@@ -87,6 +102,11 @@ class SequenceClassifier(PreprocessedTask):
                                                           [str(i) for i in range(num_classes)])
         if len(labels) != num_classes:
             raise InvalidInputError(f"labels names {len(labels)} classes but num_classes is {num_classes}.")
+        if layer_lr_decay <= 0:
+            raise InvalidInputError(f"layer_lr_decay must be positive (ULMFiT uses 2.6), got {layer_lr_decay}.")
+        if init_backward_from and not init_from:
+            raise InvalidInputError("init_backward_from needs init_from too: the embedding comes from the forward "
+                                    "language model.")
         self.save_hyperparameters()
         self.labels = labels
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
@@ -115,6 +135,99 @@ class SequenceClassifier(PreprocessedTask):
         # Before Lightning restores a checkpoint's weights, so a resumed run keeps what it learnt.
         if stage == "fit" and self.hparams.embeddings:
             self.load_word_vectors(self.hparams.embeddings)
+        if stage == "fit" and self.hparams.init_from:
+            copied = self.initialise_from(self.hparams.init_from, self.hparams.init_backward_from)
+            print(f"Initialised from the language model(s): {len(copied)} tensors ({', '.join(copied)}).")
+
+    @torch.no_grad()
+    def initialise_from(self, forward: str, backward: str | None = None) -> list[str]:
+        """Copy a word language model's embedding and backbone into this classifier; returns the names
+        of the tensors written.
+
+        ``forward``'s embedding rows (all but padding, row 0) and its backbone's weights go to this
+        backbone's forward direction; ``backward``'s backbone (a model trained with ``data.reverse``)
+        to the backward direction. The vocabularies must be the same words with the same ids, and the
+        embedding size, cell, ``hidden_size`` and ``num_layers`` the same; anything else is refused
+        before a tensor is written.
+        """
+        if backward is not None and self.backbone.num_directions != 2:
+            raise InvalidInputError("init_backward_from initialises the backward direction, but this backbone is "
+                                    "unidirectional: set bidirectional true or drop init_backward_from.")
+        plan: list[tuple[str, Tensor, Tensor]] = []
+        own = dict(self.named_parameters())
+        for path, suffix in ((forward, ""), (backward, "_reverse")):
+            if path is None:
+                continue
+            state = self._language_model_state(path)
+            if not suffix:
+                embedding = state.pop("embedding")
+                if embedding.shape[1] != self.hparams.embedding_dim:
+                    raise InvalidInputError(
+                        f"The language model {path} has {embedding.shape[1]}-dimensional word vectors but "
+                        f"model.embedding_dim is {self.hparams.embedding_dim}; use the language model's size.")
+                rows = min(len(embedding), self.embedding.num_embeddings)
+                plan.append(("embedding.weight", self.embedding.weight[1:rows], embedding[1:rows]))
+            state.pop("embedding", None)
+            for name, tensor in state.items():
+                target = f"backbone.{name}{suffix}"
+                if target not in own or own[target].shape != tensor.shape:
+                    have = tuple(own[target].shape) if target in own else "nothing"
+                    raise InvalidInputError(
+                        f"The language model {path} does not fit this classifier's backbone: its {name} is "
+                        f"{tuple(tensor.shape)}, the classifier has {have} for {target}. Pretrain with the same cell, "
+                        "hidden_size and num_layers as model.backbone (and impl does not matter).")
+                plan.append((target, own[target], tensor))
+        for _, destination, source in plan:
+            destination.copy_(source.to(destination))
+        return list(dict.fromkeys(name for name, _, _ in plan))
+
+    def _language_model_state(self, path: str) -> dict[str, Tensor]:
+        """A WordLanguageModel checkpoint's backbone weights (by their backbone names) and input embedding,
+        after checking that it reads the same words as this model."""
+        from seqmodels.checkpoints import load_checkpoint
+        from seqmodels.preprocessing import from_checkpoint
+        from seqmodels.tasks.language_model import embedding_from_state
+
+        checkpoint = load_checkpoint(path)
+        hparams = checkpoint.get("hyper_parameters", {})
+        if "cutoffs" not in hparams or "preprocessor" not in checkpoint:
+            raise InvalidInputError(f"{path} is not a WordLanguageModel checkpoint (pretrain one with "
+                                    "configs/imdb_lm.yaml); init_from needs its embedding, backbone and tokenizer.")
+        theirs = from_checkpoint(checkpoint["preprocessor"]).vocabulary()
+        ours = self.require_preprocessor().vocabulary()
+        if theirs != ours:
+            differing = sorted(set(theirs.items()) ^ set(ours.items()))[:3]
+            raise InvalidInputError(
+                f"The language model {path} was trained with another vocabulary ({len(theirs):,} tokens; this model's "
+                f"tokenizer has {len(ours):,}; e.g. {differing}). Its word vectors would land on the wrong words. "
+                "Fine-tune through the CLI with --model.init_from (the data is then read with the language model's "
+                "tokenizer), or pretrain with the classifier's data settings (data_dir, vocab_size, val_size, seed).")
+        state = checkpoint["state_dict"]
+        weights = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        return {**weights, "embedding": embedding_from_state(state, hparams)}
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters from the bottom up: embedding, each backbone layer, head."""
+        return layer_groups(self.embedding, self.backbone, [self.head])
+
+    def learning_rate_scales(self) -> list[float] | None:
+        """Each layer group's share of the optimizer's rate (None: one rate for all)."""
+        decay = self.hparams.layer_lr_decay
+        if decay == 1:
+            return None
+        count = len(self.layer_groups())
+        return [decay ** -(count - 1 - i) for i in range(count)]
+
+    def on_train_epoch_start(self) -> None:
+        if not self.hparams.gradual_unfreezing:
+            return
+        groups = self.layer_groups()
+        first_trained = max(len(groups) - 1 - self.current_epoch, 0)
+        for i, group in enumerate(groups):
+            frozen = i < first_trained or (i == 0 and self.hparams.freeze_embeddings)
+            for parameter in group:
+                parameter.requires_grad_(not frozen)
+        self.log("train/unfrozen_groups", float(len(groups) - first_trained))
 
     @torch.no_grad()
     def load_word_vectors(self, path: str) -> float:

@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from seqmodels.backbones import Backbone
 from seqmodels.errors import InvalidInputError
 from seqmodels.preprocessing import CharVocabulary
-from seqmodels.tasks.base import PreprocessedTask
+from seqmodels.tasks.base import StreamedLanguageModel
 
 
-class CharLanguageModel(PreprocessedTask):
+class CharLanguageModel(StreamedLanguageModel):
     """Embedding -> recurrent backbone -> dropout -> linear head over the vocabulary.
 
     Trained on next-character cross-entropy; ``val/loss`` and ``test/loss`` are in nats per
@@ -53,8 +53,6 @@ class CharLanguageModel(PreprocessedTask):
             raise InvalidInputError("A language model's backbone must be unidirectional: set bidirectional false.")
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.output_size, vocab_size)
-        self._stream_state = None
-        self._stream_index = -1
 
     prediction_file = "generated.txt"
 
@@ -91,28 +89,12 @@ class CharLanguageModel(PreprocessedTask):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _stream_step(self, batch: tuple[int, Tensor, Tensor], stage: str) -> None:
-        index, inputs, targets = batch
-        # Carry the state only from the block just before this one in the same streams.
-        state = self._stream_state if int(index) == self._stream_index + 1 else None
+    def stream_loss(self, inputs: Tensor, targets: Tensor, state) -> tuple[Tensor, object]:
         logits, state = self(inputs, state)
-        self._stream_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        self._stream_index = int(index)
-        loss = self._loss(logits, targets)
-        count = targets.numel()
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
+        return self._loss(logits, targets), state
+
+    def log_stream_metrics(self, stage: str, loss: Tensor, count: int) -> None:
         self.log(f"{stage}/bpc", loss / math.log(2), prog_bar=True, batch_size=count, sync_dist=True)
-
-    def validation_step(self, batch: tuple[int, Tensor, Tensor], batch_idx: int) -> None:
-        self._stream_step(batch, "val")
-
-    def test_step(self, batch: tuple[int, Tensor, Tensor], batch_idx: int) -> None:
-        self._stream_step(batch, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        self._stream_state, self._stream_index = None, -1
-
-    on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
         if self.vocabulary is None or self.trainer.sanity_checking or self.logger is None:

@@ -1,0 +1,143 @@
+"""A word-level recurrent language model, pretrained on reviews to initialise a classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from seqmodels.backbones import Backbone
+from seqmodels.errors import InvalidInputError
+from seqmodels.preprocessing import WordTokenizer
+from seqmodels.tasks.base import StreamedLanguageModel
+
+
+class WordLanguageModel(StreamedLanguageModel):
+    """Embedding -> unidirectional recurrent backbone -> adaptive softmax over the vocabulary.
+
+    The output layer over a 30k vocabulary would dominate the cost as a full softmax; it is torch's
+    :class:`~torch.nn.AdaptiveLogSoftmaxWithLoss` (Grave et al., 2017): the ``cutoffs[0]`` most
+    frequent words (the tokenizer numbers words by frequency) and one entry per rarer cluster are
+    scored for every token, a cluster's words only for the tokens that belong to it.
+
+    ``tie_weights`` (default) makes the input embedding the output layer's word vectors (Press &
+    Wolf, 2017): the adaptive softmax is built with ``div_value=1``, so each cluster scores its words
+    against a projection of the hidden state with one ``embedding_dim`` vector per word, and the
+    embedding table *is* those vectors (the shortlist's rows of the head, then each cluster's). A
+    backbone whose output size differs from ``embedding_dim`` reaches them through a linear
+    projection. Untied, the embedding is its own table and the clusters shrink by 4 per level.
+
+    ``preprocessor`` is the classifier's :class:`~seqmodels.preprocessing.WordTokenizer`, saved in
+    the checkpoint, so ``SequenceClassifier(init_from=...)`` can check that the words line up.
+    Metrics: ``train/loss``, ``val/loss`` (nats per word) and ``val/ppl`` (perplexity).
+
+    Args:
+        vocab_size: words, linked from ``data.vocab_size``.
+        backbone: builds the recurrent backbone from ``embedding_dim``; must be unidirectional.
+        embedding_dim: size of a word's vector (the classifier's ``embedding_dim`` to initialise it).
+        dropout: on the embeddings and on the backbone's outputs, the same units at every time step
+            of a sequence (locked dropout, as AWD-LSTM).
+        cutoffs: where the adaptive softmax's clusters start; cutoffs at or past ``vocab_size`` are
+            dropped (tiny vocabularies get a plain softmax).
+        tie_weights: share the input and output word vectors (see above).
+    """
+
+    def __init__(self, vocab_size: int, backbone: Callable[[int], Backbone], embedding_dim: int = 128,
+                 dropout: float = 0.1, cutoffs: Sequence[int] = (2_000, 10_000), tie_weights: bool = True) -> None:
+        super().__init__()
+        if list(cutoffs) != sorted(set(cutoffs)) or any(c < 1 for c in cutoffs):
+            raise InvalidInputError(f"cutoffs must be increasing positive integers, got {list(cutoffs)}.")
+        self.save_hyperparameters()
+        self.backbone = backbone(embedding_dim)
+        if self.backbone.num_directions != 1:
+            raise InvalidInputError("A language model's backbone must be unidirectional: set bidirectional false. "
+                                    "For a bidirectional classifier pretrain a second model with data.reverse true.")
+        features = embedding_dim if tie_weights else self.backbone.output_size
+        self.projection = (nn.Linear(self.backbone.output_size, embedding_dim)
+                           if tie_weights and self.backbone.output_size != embedding_dim else nn.Identity())
+        kept = [c for c in cutoffs if c < vocab_size - 1]
+        self.output = nn.AdaptiveLogSoftmaxWithLoss(features, vocab_size, kept or [vocab_size - 1],
+                                                    div_value=1.0 if tie_weights else 4.0)
+        self.embedding = None if tie_weights else nn.Embedding(vocab_size, embedding_dim)
+        self.nll = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+
+    def check_preprocessor(self, preprocessor: WordTokenizer) -> None:
+        if not isinstance(preprocessor, WordTokenizer):
+            raise InvalidInputError(f"A WordLanguageModel reads words: it needs a WordTokenizer, got "
+                                    f"{type(preprocessor).__name__}. Pair it with IMDBLanguageModelDataModule.")
+        if preprocessor.vocab_size > self.hparams.vocab_size:
+            raise InvalidInputError(
+                f"The tokenizer has {preprocessor.vocab_size} tokens but the model's vocab_size is "
+                f"{self.hparams.vocab_size}; set model.vocab_size to data.vocab_size."
+            )
+
+    def embedding_weight(self) -> Tensor:
+        """The ``(vocab_size, embedding_dim)`` table that embeds the input words."""
+        if self.embedding is not None:
+            return self.embedding.weight
+        return tied_embedding(self.output.head.weight, [tail[1].weight for tail in self.output.tail],
+                              self.output.shortlist_size)
+
+    def forward(self, ids: Tensor, state=None) -> tuple[Tensor, object]:
+        """Ids ``(batch, time)`` -> the features the output layer scores ``(batch, time, features)``,
+        and the final state."""
+        p = self.hparams.dropout
+        x = _locked_dropout(F.embedding(ids, self.embedding_weight()), p, self.training)
+        outputs, state = self.backbone(x, state)
+        return self.projection(_locked_dropout(outputs, p, self.training)), state
+
+    def log_probabilities(self, ids: Tensor) -> Tensor:
+        """Log-probabilities of every next word ``(batch, time, vocab_size)`` (for inspection; training
+        and evaluation score only the words that come)."""
+        features, _ = self(ids)
+        return self.output.log_prob(features.flatten(0, 1).float()).view(*ids.shape, -1)
+
+    def stream_loss(self, inputs: Tensor, targets: Tensor, state) -> tuple[Tensor, object]:
+        features, state = self(inputs, state)
+        return self.output(features.flatten(0, 1).float(), targets.flatten()).loss, state
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        inputs, targets = batch
+        loss, _ = self.stream_loss(inputs, targets, None)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def log_stream_metrics(self, stage: str, loss: Tensor, count: int) -> None:
+        self.nll[stage].update(loss.detach().float(), count)
+
+    def _log_perplexity(self, stage: str) -> None:
+        # exp of the epoch's token-weighted mean loss: the mean of per-block perplexities is not a perplexity.
+        self.log(f"{stage}/ppl", self.nll[stage].compute().exp(), prog_bar=True)
+        self.nll[stage].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_perplexity("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_perplexity("test")
+
+
+def tied_embedding(head: Tensor, cluster_weights: Sequence[Tensor], shortlist: int) -> Tensor:
+    """The input embedding of a tied adaptive softmax: the shortlist's rows of the head, then each
+    cluster's word vectors, in id order."""
+    return torch.cat([head[:shortlist], *cluster_weights])
+
+
+def embedding_from_state(state: Mapping[str, Tensor], hparams: Mapping) -> Tensor:
+    """A :class:`WordLanguageModel` checkpoint's input embedding, from its ``state_dict`` alone."""
+    if "embedding.weight" in state:
+        return state["embedding.weight"]
+    clusters = sorted({int(k.split(".")[2]) for k in state if k.startswith("output.tail.")})
+    cutoffs = [c for c in hparams["cutoffs"] if c < hparams["vocab_size"] - 1] or [hparams["vocab_size"] - 1]
+    return tied_embedding(state["output.head.weight"], [state[f"output.tail.{i}.1.weight"] for i in clusters],
+                          cutoffs[0])
+
+
+def _locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout with one mask per sequence, shared by its time steps: ``(batch, time, features)``."""
+    if not training or p == 0:
+        return x
+    return F.dropout1d(x.transpose(1, 2), p, True).transpose(1, 2)
