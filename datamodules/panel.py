@@ -123,7 +123,9 @@ def read_wide_csv(path: Path, date_column: str | None) -> list[Series]:
     frame = pd.read_csv(path, sep=_sniff_delimiter(path), dtype=str, keep_default_na=False, na_values=[""])
     frame.columns = [str(c).strip() for c in frame.columns]
     if date_column and date_column not in frame.columns:
-        raise InvalidInputError(f"{path} has no date column {date_column!r}; its columns are {list(frame.columns)}.")
+        raise InvalidInputError(f"{path} has no date column {date_column!r}; its columns are {list(frame.columns)}. "
+                                "Set data.date_column to the column that holds the dates, or to null when the rows "
+                                "are in time order without dates (every other column is then a series).")
     dates = frame[date_column].str.strip().tolist() if date_column else None
     names = [c for c in frame.columns if c != date_column]
     if not names or frame.empty:

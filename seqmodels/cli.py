@@ -351,6 +351,8 @@ class SeqCLI(LightningCLI):
         if config["trainer"].get("logger") in (None, True):
             config["trainer"]["logger"] = self._logger(config)
         trainer = super().instantiate_trainer(**kwargs)
+        if trainer.logger is None:  # --trainer.logger false: nothing to monitor the rate into
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         log_dir = getattr(trainer.logger, "log_dir", None)
         self._new_run_dir = Path(log_dir) if log_dir and not Path(log_dir).exists() else None
         trainer.strategy.checkpoint_io = SafeCheckpointIO()

@@ -110,6 +110,13 @@ def test_default_root_dir_moves_everything_a_run_writes_and_last_is_found_there(
     assert (in_tmp / "elsewhere" / "lightning_logs" / "sine_lstm" / "version_0" / "test" / "version_0").is_dir()
 
 
+def test_a_run_without_a_logger_trains_and_checkpoints(in_tmp):
+    # The learning-rate monitor the CLI adds needs a logger; without one it must step aside.
+    main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), "--data.num_points", "300", "--data.val_size", "40",
+          "--data.test_size", "40", "--trainer.logger", "false", "--trainer.max_epochs", "1", *QUIET])
+    assert (in_tmp / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_a_bad_backbone_size_is_the_backbones_own_one_line_message(in_tmp):
     result = subprocess.run([sys.executable, str(REPO / "main.py"), "fit", "--config", str(CONFIGS / "sine_lstm.yaml"),
                              "--model.backbone.init_args.hidden_size", "-4"], capture_output=True, text=True, cwd=in_tmp)
@@ -124,7 +131,7 @@ def test_the_private_lightning_cli_methods_we_override_still_exist():
 
     from lightning.pytorch.cli import LightningCLI, _InstantiatorFn
 
-    for name in ("_parse_ckpt_path", "_run_subcommand", "_add_instantiators", "_parser"):
+    for name in ("_parse_ckpt_path", "_run_subcommand", "_add_instantiators", "_parser", "configure_optimizers"):
         assert callable(getattr(LightningCLI, name, None)), name
     assert "applied_instantiation_links" in inspect.signature(_InstantiatorFn.__call__).parameters
     source = inspect.getsource(LightningCLI.__init__)

@@ -210,6 +210,15 @@ def test_wide_csv_with_ragged_series(tmp_path):
     assert data.series[0].dates[0] == "2001-01-01" and data.period == 12
 
 
+def test_wide_csv_without_dates_needs_date_column_null_and_says_so(tmp_path):
+    frame = panel_frame(series=3).pivot(index="date", columns="id", values="value").reset_index(drop=True)
+    with pytest.raises(InputError, match="no date column 'date'.*Set data.date_column .* or to null"):
+        _panel(tmp_path, frame=frame).setup("fit")
+    data = _panel(tmp_path / "..", frame=frame, date_column=None)
+    data.setup("fit")
+    assert len(data.series) == 3
+
+
 def test_calendar_and_covariates_reach_the_model(tmp_path):
     frame = panel_frame(series=4)
     frame["promo"] = (pd.to_datetime(frame["date"]).dt.month == 12).astype(float)
