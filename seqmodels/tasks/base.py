@@ -10,7 +10,7 @@ import torch
 from seqmodels.errors import InvalidInputError
 from torch import Tensor
 
-from seqmodels.preprocessing import Preprocessor, from_checkpoint, to_checkpoint
+from seqmodels.preprocessing import Preprocessor, WordTokenizer, from_checkpoint, to_checkpoint
 
 
 class PreprocessedTask(L.LightningModule):
@@ -42,6 +42,17 @@ class PreprocessedTask(L.LightningModule):
 
     def check_preprocessor(self, preprocessor: Preprocessor) -> None:
         """Refuse an object this task cannot use (of another kind, or sized for another model)."""
+
+    def check_word_tokenizer(self, preprocessor: Preprocessor, data_module: str) -> None:
+        """Refuse anything but a WordTokenizer that fits the model's ``vocab_size`` rows."""
+        if not isinstance(preprocessor, WordTokenizer):
+            raise InvalidInputError(f"A {type(self).__name__} reads words: it needs a WordTokenizer, got "
+                                    f"{type(preprocessor).__name__}. Pair it with {data_module}.")
+        if preprocessor.vocab_size > self.hparams.vocab_size:
+            raise InvalidInputError(
+                f"The tokenizer has {preprocessor.vocab_size} tokens but the model's embedding has "
+                f"{self.hparams.vocab_size} rows; set model.vocab_size to data.vocab_size."
+            )
 
     def require_preprocessor(self) -> Preprocessor:
         if self._preprocessor is None:

@@ -122,14 +122,7 @@ class SequenceClassifier(PreprocessedTask):
         self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
 
     def check_preprocessor(self, preprocessor: WordTokenizer) -> None:
-        if not isinstance(preprocessor, WordTokenizer):
-            raise InvalidInputError(f"A SequenceClassifier reads words: it needs a WordTokenizer, got "
-                                    f"{type(preprocessor).__name__}. Pair it with the IMDB data module.")
-        if preprocessor.vocab_size > self.hparams.vocab_size:
-            raise InvalidInputError(
-                f"The tokenizer has {preprocessor.vocab_size} tokens but the model's embedding has "
-                f"{self.hparams.vocab_size} rows; set model.vocab_size to data.vocab_size."
-            )
+        self.check_word_tokenizer(preprocessor, "the IMDB data module")
 
     def setup(self, stage: str) -> None:
         # Before Lightning restores a checkpoint's weights, so a resumed run keeps what it learnt.

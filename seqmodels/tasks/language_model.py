@@ -65,14 +65,7 @@ class WordLanguageModel(StreamedLanguageModel):
         self.nll = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def check_preprocessor(self, preprocessor: WordTokenizer) -> None:
-        if not isinstance(preprocessor, WordTokenizer):
-            raise InvalidInputError(f"A WordLanguageModel reads words: it needs a WordTokenizer, got "
-                                    f"{type(preprocessor).__name__}. Pair it with IMDBLanguageModelDataModule.")
-        if preprocessor.vocab_size > self.hparams.vocab_size:
-            raise InvalidInputError(
-                f"The tokenizer has {preprocessor.vocab_size} tokens but the model's vocab_size is "
-                f"{self.hparams.vocab_size}; set model.vocab_size to data.vocab_size."
-            )
+        self.check_word_tokenizer(preprocessor, "IMDBLanguageModelDataModule")
 
     def embedding_weight(self) -> Tensor:
         """The ``(vocab_size, embedding_dim)`` table that embeds the input words."""
