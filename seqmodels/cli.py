@@ -30,6 +30,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _InstantiatorFn
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -445,6 +446,11 @@ class SeqCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_checkpoint()
+        if not is_overridden("predict_dataloader", self.datamodule, L.LightningDataModule):
+            raise InvalidInputError(
+                f"{type(self.datamodule).__name__} has nothing to predict: {type(self.model).__name__} is trained "
+                "to initialise other models (for a language model: --model.init_from of the classifier), not to "
+                "predict. Use fit, validate or test.")
 
     def before_fit(self) -> None:
         self._check_checkpoint()

@@ -183,3 +183,8 @@ def test_discriminative_rates_keep_their_ratios_under_the_slanted_triangular_sch
     head = rates[:, -1]
     assert head.argmax() == 10 and head.max() == pytest.approx(0.08)
     assert head[0] == pytest.approx(0.08 / 32) and head[-1] < head[50] < head[10]
+
+
+def test_predict_with_a_language_model_says_what_to_do_instead(pretrained, reviews):
+    with pytest.raises(SystemExit, match="error: .*nothing to predict.*--model.init_from"):
+        main(["predict", *CONFIGS_LM, *_lm_args(reviews), "--ckpt_path", str(pretrained[0])])
