@@ -10,7 +10,7 @@ the other (never two at once: on 2 cores they would spoil each other's minutes):
 1. ``configs/imdb_lm.yaml`` for ``--lm-minutes`` (a checkpoint after every epoch), in a child
    process whose peak memory is reported; tokens/s = training tokens / training seconds.
 2. ``configs/imdb_lstm_pretrained.yaml`` fine-tuned from the newest epoch checkpoint saved within
-   each of ``--points`` minutes of pretraining, and from none (0 minutes: the same network and
+   each of ``--points`` minutes (the longest first) of pretraining, and from none (0 minutes: the same network and
    epochs, trained on the labels alone with one rate and nothing frozen); test accuracy of each
    run's best checkpoint (by ``val/acc``) on the official 25,000 test reviews.
 3. ``--baseline-minutes``: the labels-only ``configs/imdb_lstm.yaml`` given that many minutes of
@@ -94,6 +94,9 @@ def main() -> None:
                         help="pretraining minutes to fine-tune from (besides 0)")
     parser.add_argument("--no-zero", action="store_true", help="skip the 0-minute (labels-only, same network) run")
     parser.add_argument("--baseline-minutes", type=float, default=0.0)
+    parser.add_argument("--finetune-args", nargs="*", default=[],
+                        help="extra arguments for the fine-tuning from pretrained checkpoints, e.g. "
+                             "--model.gradual_unfreezing=true")
     parser.add_argument("--lm-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for the pretraining")
     args = parser.parse_args()
     root = (REPO / args.root).resolve()
@@ -122,20 +125,21 @@ def main() -> None:
               f"{step * tokens_per_step / (minutes * 60):,.0f} | {ppl:.1f} |")
 
     rows = []
-    if not args.no_zero:
-        result = train_and_test("imdb_lstm_pretrained", ["--trainer.default_root_dir", str(root), "--run_name", "ft_0min",
-                                                         "--model.gradual_unfreezing", "false",
-                                                         "--model.layer_lr_decay", "1.0"])
-        rows.append(("0 (labels only, same network)", 0.0, result))
-    for point in args.points:
+    for point in sorted(args.points, reverse=True):
         within = [c for c in checkpoints if c[0] <= point + 0.5]
         if not within:
             print(f"No checkpoint within {point} minutes of pretraining; skipped.")
             continue
         minutes, path, step = within[-1]
         result = train_and_test("imdb_lstm_pretrained", ["--trainer.default_root_dir", str(root), "--run_name",
-                                                         f"ft_{point:g}min", "--model.init_from", str(path)])
+                                                         f"ft_{point:g}min", "--model.init_from", str(path),
+                                                         *args.finetune_args])
         rows.append((f"{minutes:.1f} ({path.name})", minutes, result))
+    if not args.no_zero:
+        result = train_and_test("imdb_lstm_pretrained", ["--trainer.default_root_dir", str(root), "--run_name", "ft_0min",
+                                                         "--model.gradual_unfreezing", "false",
+                                                         "--model.layer_lr_decay", "1.0"])
+        rows.append(("0 (labels only, same network)", 0.0, result))
     if args.baseline_minutes:
         epochs = max(int(args.baseline_minutes / 1.45), 1)
         result = train_and_test("imdb_lstm", ["--trainer.default_root_dir", str(root), "--run_name", "labels_only",
