@@ -15,8 +15,11 @@ import argparse
 import resource
 import sys
 import time
+from pathlib import Path
 
 from machine import describe
+
+REPO = Path(__file__).resolve().parents[1]
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -33,7 +36,7 @@ def resident() -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/imdb_lstm.yaml")
+    parser.add_argument("--config", default=str(REPO / "configs" / "imdb_lstm.yaml"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--test-batches", type=int, default=0, help="0: the whole test split")
     parser.add_argument("overrides", nargs="*", help="CLI overrides after --")
