@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +55,9 @@ def main() -> None:
 
     stage("imports", start)
     start = time.perf_counter()
-    cli = SeqCLI(args=["--config", args.config, *QUIET, "--trainer.logger", "false", "--trainer.max_steps",
+    scratch = tempfile.mkdtemp(prefix="imdb_memory-")  # the run's config and checkpoints, not the working directory
+    cli = SeqCLI(args=["--config", args.config, *QUIET, "--trainer.logger", "false", "--trainer.default_root_dir",
+                       scratch, "--trainer.max_steps",
                        str(args.steps), "--trainer.limit_val_batches", "0", *args.overrides], run=False)
     cli.datamodule.prepare_data()
     cli.datamodule.setup("fit")
@@ -75,6 +79,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for name, seconds, rss, anon, file, peak in rows:
         print(f"| {name} | {seconds:.1f} | {rss:.2f} | {anon:.2f} | {file:.2f} | {peak:.2f} |")
+    shutil.rmtree(scratch, ignore_errors=True)
     print(f"peak (getrusage): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB", file=sys.stderr)
 
 
