@@ -35,7 +35,7 @@ class IMDBLanguageModelDataModule(L.LightningDataModule):
 
     Every review's ids, followed by :data:`REVIEW_END`, are written once into a flat uint16 file
     in ``cache_dir`` (in chunks, keyed by the tokenizer and the data) and memory-mapped, so the
-    17 million tokens of 72,500 reviews train in bounded memory. Training draws
+    20 million tokens of 71,500 reviews train in bounded memory. Training draws
     ``samples_per_epoch`` windows of ``seq_length`` words at random offsets each epoch;
     validation reads its reviews once as ``batch_size`` contiguous streams (the model carries its
     state along them, so the perplexity counts every word once, with its context).
@@ -86,9 +86,9 @@ class IMDBLanguageModelDataModule(L.LightningDataModule):
         """Rows of the model's embedding and output layer (linked to ``model.vocab_size``)."""
         return self.hparams.vocab_size
 
-    def _texts(self, raw) -> tuple[list, list, str]:
-        """The language model's training and validation reviews (datasets), and a key for them."""
-        train, _ = self.reviews._split(raw["train"])
+    def _texts(self, raw, train) -> tuple[list, list, str]:
+        """The language model's training and validation reviews (datasets), and a key for them, from
+        the raw splits and the classifier's training part ``train``."""
         if "unsupervised" in raw:
             unlabelled = raw["unsupervised"]
         else:
@@ -123,7 +123,7 @@ class IMDBLanguageModelDataModule(L.LightningDataModule):
         if tokenizer.vocab_size > np.iinfo(np.uint16).max:
             raise InvalidInputError(f"The tokenizer has {tokenizer.vocab_size} tokens; the language model's "
                                     "stream stores ids as uint16, so keep data.vocab_size below 65,536.")
-        parts, held_out, data_key = self._texts(raw)
+        parts, held_out, data_key = self._texts(raw, train)
         key = hashlib.sha256((tokenizer.tokenizer_json + data_key).encode()).hexdigest()[:16]
         folder = cache_dir(self.hparams.cache_dir) / "imdb_lm"
         array, meta_file = folder / f"stream-{key}.u16", folder / f"stream-{key}.json"
@@ -157,7 +157,6 @@ class IMDBLanguageModelDataModule(L.LightningDataModule):
         self.train_ids, self.val_ids = ids[: meta["split"]], ids[meta["split"]:]
         if self.hparams.reverse:
             self.train_ids, self.val_ids = self.train_ids[::-1], self.val_ids[::-1]
-        self.counts = meta["counts"]
         need = self.hparams.seq_length + 1
         for part, size in (("training", len(self.train_ids)), ("validation", len(self.val_ids))):
             if size < need * (self.hparams.batch_size if part == "validation" else 1):

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from torch.optim.lr_scheduler import CyclicLR, LambdaLR, LRScheduler, OneCycleLR
 
 # Keys of a param group that hold a learning rate (torch's schedulers add the last three).
 _RATE_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
@@ -50,12 +50,12 @@ class SlantedTriangularLR(LambdaLR):
         self.__dict__.update(state_dict)
 
 
-# Schedulers torch defines per optimizer step rather than per epoch.
-STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR", "SlantedTriangularLR")
-
-
 def scheduler_interval(scheduler: LRScheduler) -> str:
-    return "step" if type(scheduler).__name__ in STEP_SCHEDULERS else "epoch"
+    """How often Lightning steps ``scheduler``: its own ``interval``, else per batch for the schedules
+    torch defines over optimizer steps, else per epoch."""
+    if isinstance(scheduler, (OneCycleLR, CyclicLR)):
+        return "step"
+    return getattr(scheduler, "interval", "epoch")
 
 
 def layer_groups(embedding: nn.Module, backbone: nn.Module, head: Iterable[nn.Module]) -> list[list[nn.Parameter]]:

@@ -6,10 +6,9 @@ from typing import Any
 
 import lightning as L
 import torch
-
-from seqmodels.errors import InvalidInputError
 from torch import Tensor
 
+from seqmodels.errors import InvalidInputError
 from seqmodels.preprocessing import Preprocessor, WordTokenizer, from_checkpoint, to_checkpoint
 
 
