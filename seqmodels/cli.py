@@ -301,12 +301,12 @@ class SeqCLI(LightningCLI):
                 try:
                     instance = lightning(class_type, *args, applied_instantiation_links=applied_instantiation_links,
                                          **kwargs)
+                    if key == "data":  # may read --model.init_from's checkpoint, which may be missing or bad
+                        self._give_checkpoint_preprocessing(instance)
                 except InputError as error:
                     # jsonargparse would fold the message into a union-type report; keep the error itself.
                     self._input_error = error
                     raise
-                if key == "data":
-                    self._give_checkpoint_preprocessing(instance)
                 return instance
 
             return instantiate
@@ -321,7 +321,11 @@ class SeqCLI(LightningCLI):
         if checkpoint is None:
             # A classifier fine-tuned from a pretrained language model reads the data with its tokenizer.
             init_from = (self._active(self.config)["model"].get("init_args") or {}).get("init_from")
-            checkpoint = load_checkpoint(init_from) if init_from else None
+            try:
+                checkpoint = load_checkpoint(init_from) if init_from else None
+            except CheckpointError as error:
+                raise CheckpointError(f"model.init_from: {error} For init_from, give a language model's checkpoint "
+                                      "(python main.py fit --config configs/imdb_lm.yaml writes one).") from None
         if checkpoint is None or "preprocessor" not in checkpoint:
             return
         preprocessor = from_checkpoint(checkpoint["preprocessor"])

@@ -188,3 +188,8 @@ def test_discriminative_rates_keep_their_ratios_under_the_slanted_triangular_sch
 def test_predict_with_a_language_model_says_what_to_do_instead(pretrained, reviews):
     with pytest.raises(SystemExit, match="error: .*nothing to predict.*--model.init_from"):
         main(["predict", *CONFIGS_LM, *_lm_args(reviews), "--ckpt_path", str(pretrained[0])])
+
+
+def test_a_missing_language_model_checkpoint_is_one_clear_error(reviews):
+    with pytest.raises(SystemExit, match="error: model.init_from: Checkpoint .*absent.ckpt does not exist.*imdb_lm.yaml"):
+        main(["fit", *_classifier_args(reviews, 8, "--model.init_from", str(reviews / "absent.ckpt"))])
