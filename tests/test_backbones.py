@@ -1,4 +1,5 @@
 import random
+import sys
 
 import pytest
 import torch
@@ -304,3 +305,24 @@ def test_one_step_equals_forward_on_a_length_one_sequence(cell):
     torch.testing.assert_close(out, expected[:, 0])
     for a, b in zip(new_state if cell == "lstm" else (new_state,), expected_state if cell == "lstm" else (expected_state,)):
         torch.testing.assert_close(a, b)
+
+
+def _anonymous_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_memory_stays_flat_over_many_distinct_sequence_lengths(cell):
+    # Length-sorted evaluation batches give a new length almost every batch; a per-shape cache
+    # in the whole-sequence product once grew an IMDB test pass by gigabytes.
+    torch.manual_seed(0)
+    module = CELLS[cell][0](16, 128, impl="scratch", **CELLS[cell][2]).eval()
+    with torch.no_grad():
+        module(torch.randn(64, 300, 16))  # the largest buffers first: what follows fits in them
+        before = _anonymous_mb()
+        for steps in range(100, 300):
+            module(torch.randn(64, steps, 16))
+        grown = _anonymous_mb() - before
+    assert grown < 100, f"{grown:.0f} MB kept after 200 distinct lengths"
