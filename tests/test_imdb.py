@@ -8,6 +8,7 @@ import torch
 from datamodules.imdb import BucketSampler, IMDBDataModule, read_reviews
 from seqmodels import GRU, LSTM
 from seqmodels.cli import main
+from seqmodels.errors import InvalidInputError
 from seqmodels.tasks import SequenceClassifier
 from seqmodels.tasks.classification import pool
 
@@ -81,7 +82,7 @@ def test_last_pooling_reads_the_true_last_token_under_right_padding(bidirectiona
             assert torch.allclose(pooled[row, 5:], outputs[row, 0, 5:])
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "concat"])
 def test_padding_never_changes_the_logits(pooling):
     torch.manual_seed(0)
     model = SequenceClassifier(50, partial(GRU, hidden_size=6, bidirectional=True), embedding_dim=8, pooling=pooling).eval()
@@ -91,6 +92,21 @@ def test_padding_never_changes_the_logits(pooling):
     garbage[1, 5:] = torch.randint(2, 50, (4,))
     assert torch.allclose(model(ids, lengths), model(garbage, lengths), atol=1e-6)
     assert torch.allclose(model(ids, lengths)[1], model(ids[1:, :5], lengths[1:])[0], atol=1e-6)
+
+
+def test_concat_pooling_is_last_max_and_mean_side_by_side():
+    torch.manual_seed(0)
+    outputs, lengths = torch.randn(3, 7, 4), torch.tensor([7, 2, 5])
+    outputs[1, 2:] = 0  # as the backbone leaves padding positions
+    outputs[2, 5:] = 0
+    state = torch.randn(2, 3, 2)
+    parts = [pool(outputs, state, lengths, how, 2) for how in ("last", "max", "mean")]
+    assert torch.equal(pool(outputs, state, lengths, "concat", 2), torch.cat(parts, -1))
+    assert torch.allclose(parts[1][1], outputs[1, :2].amax(0)) and torch.allclose(parts[2][2], outputs[2, :5].mean(0))
+    model = SequenceClassifier(50, partial(GRU, hidden_size=6, bidirectional=True), embedding_dim=8, pooling="concat")
+    assert model.head.in_features == 3 * 12
+    with pytest.raises(InvalidInputError, match="pooling must be one of last, mean, max, concat"):
+        SequenceClassifier(50, partial(GRU, hidden_size=6), pooling="attention")
 
 
 def test_a_tiny_model_overfits_a_tiny_set(imdb_root):

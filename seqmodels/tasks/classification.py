@@ -19,7 +19,8 @@ from seqmodels.errors import InvalidInputError
 from seqmodels.preprocessing import WordTokenizer
 from seqmodels.tasks.base import PreprocessedTask
 
-Pooling = Literal["last", "mean", "max"]
+Pooling = Literal["last", "mean", "max", "concat"]
+POOLINGS = ("last", "mean", "max", "concat")
 
 
 def pool(outputs: Tensor, state, lengths: Tensor | None, how: Pooling, num_directions: int) -> Tensor:
@@ -28,7 +29,11 @@ def pool(outputs: Tensor, state, lengths: Tensor | None, how: Pooling, num_direc
     ``last``: the top layer's final state of each direction, i.e. the output at each sequence's
     true last token (forward) and at its first (backward), never a padding position.
     ``mean`` / ``max``: over the valid positions only.
+    ``concat``: ``last``, ``max`` and ``mean`` side by side (ULMFiT's concat pooling), three times
+    the backbone's output size.
     """
+    if how == "concat":
+        return torch.cat([pool(outputs, state, lengths, part, num_directions) for part in ("last", "max", "mean")], -1)
     if how == "last":
         h = state[0] if isinstance(state, tuple) else state
         top = h[-num_directions:]  # (directions, batch, hidden)
@@ -94,8 +99,8 @@ class SequenceClassifier(PreprocessedTask):
                  init_backward_from: str | None = None, layer_lr_decay: float = 1.0,
                  gradual_unfreezing: bool = False) -> None:
         super().__init__()
-        if pooling not in ("last", "mean", "max"):
-            raise InvalidInputError(f"pooling must be 'last', 'mean' or 'max', got {pooling!r}.")
+        if pooling not in POOLINGS:
+            raise InvalidInputError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}.")
         if num_classes < 2:
             raise InvalidInputError(f"num_classes must be at least 2, got {num_classes}.")
         labels = list(labels) if labels is not None else (["negative", "positive"] if num_classes == 2 else
@@ -113,7 +118,7 @@ class SequenceClassifier(PreprocessedTask):
         self.embedding.weight.requires_grad_(not freeze_embeddings)
         self.backbone = backbone(embedding_dim)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self.backbone.output_size, num_classes)
+        self.head = nn.Linear(self.backbone.output_size * (3 if pooling == "concat" else 1), num_classes)
         metrics = MetricCollection({
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
