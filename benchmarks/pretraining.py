@@ -94,9 +94,9 @@ def main() -> None:
                         help="pretraining minutes to fine-tune from (besides 0)")
     parser.add_argument("--no-zero", action="store_true", help="skip the 0-minute (labels-only, same network) run")
     parser.add_argument("--baseline-minutes", type=float, default=0.0)
-    parser.add_argument("--finetune-args", nargs="*", default=[],
-                        help="extra arguments for the fine-tuning from pretrained checkpoints, e.g. "
-                             "--model.gradual_unfreezing=true")
+    parser.add_argument("--finetune-args", action="append", default=[],
+                        help="one more option for the fine-tuning from pretrained checkpoints, as "
+                             "--finetune-args=--model.gradual_unfreezing=true; repeat it for more")
     parser.add_argument("--lm-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for the pretraining")
     args = parser.parse_args()
     root = (REPO / args.root).resolve()

@@ -61,7 +61,7 @@ def _onednn_linear_works() -> bool:
 
 
 # On our CPU oneDNN's GEMM measured 2.2x faster than MKL's at the per-step shapes (batch x
-# hidden by hidden x gates) and 2x for the input gradient; it is what torch.nn.LSTM itself
+# hidden by hidden x gates) and 2x for the per-step gradient through W_hh; it is what torch.nn.LSTM itself
 # runs on CPU. MKL stays faster for the weight gradients (long reduction), see below.
 # Only the per-step products (a fixed ``batch`` rows) go through oneDNN: its linear keeps
 # memory for every distinct row count it has seen, and the whole-sequence products have

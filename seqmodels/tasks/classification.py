@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from seqmodels.preprocessing import WordTokenizer
 from seqmodels.tasks.base import PreprocessedTask
 
 Pooling = Literal["last", "mean", "max", "concat"]
-POOLINGS = ("last", "mean", "max", "concat")
+POOLINGS = get_args(Pooling)
 
 
 def pool(outputs: Tensor, state, lengths: Tensor | None, how: Pooling, num_directions: int) -> Tensor:
