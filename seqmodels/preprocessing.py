@@ -12,6 +12,7 @@ Nothing here knows Lightning, a data module or a task.
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -87,7 +88,10 @@ class WordTokenizer:
         tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                             special_tokens=[PAD, UNK], show_progress=False)
-        tokenizer.train_from_iterator((normalize(t) for t in texts), trainer)
+        texts = iter(texts)
+        # Lists of texts, not single ones: the trainer counts the words of a list in parallel.
+        batches = iter(lambda: [normalize(t) for t in itertools.islice(texts, 1000)], [])
+        tokenizer.train_from_iterator(batches, trainer)
         return cls(tokenizer.to_str(), **settings)
 
     @property
