@@ -307,6 +307,11 @@ class SeqCLI(LightningCLI):
                     # jsonargparse would fold the message into a union-type report; keep the error itself.
                     self._input_error = error
                     raise
+                except ValueError as error:  # torch's own checks, e.g. nn.Dropout(p=-1), reached through our options
+                    self._input_error = InvalidInputError(f"{key} ({class_type.__name__}): {str(error).rstrip('.')}. Check the {key}'s "
+                                                          "options (python main.py fit --config ... --print_config "
+                                                          "shows them).")
+                    raise
                 return instance
 
             return instantiate

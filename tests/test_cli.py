@@ -124,6 +124,16 @@ def test_a_bad_backbone_size_is_the_backbones_own_one_line_message(in_tmp):
     assert result.stderr.strip().splitlines()[-1] == "error: hidden_size must be an integer >= 1, got -4."
 
 
+def test_a_value_torch_refuses_in_a_constructor_is_one_error_line(in_tmp):
+    # The classifier hands its dropout straight to torch.nn.Dropout; the model is built before any data is read.
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "fit", "--config", str(CONFIGS / "imdb_lstm.yaml"),
+                             "--data.data_dir", str(in_tmp), "--model.dropout", "-1"], capture_output=True, text=True,
+                            cwd=in_tmp)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: model (") and "dropout probability has to be between 0 and 1" in last
+
+
 def test_the_private_lightning_cli_methods_we_override_still_exist():
     """SeqCLI overrides private LightningCLI methods; an upgrade that renames them must fail here,
     loudly, instead of silently skipping our checkpoint and hand-off logic."""
