@@ -3,6 +3,8 @@
     python benchmarks/pretraining.py                          # 35 min of pretraining, curve at 15 and 35
     python benchmarks/pretraining.py --lm-minutes 35 --points 15 35 --baseline-minutes 50
     python benchmarks/pretraining.py --lm-run benchmark_runs/pretraining/lightning_logs/imdb_lm/version_0
+    python benchmarks/pretraining.py --lm-run ... --points --no-zero --baseline-minutes 59 \
+        --baseline-args=--data.eval_max_length=null     # only the labels-only run given the same minutes
 
 Needs the IMDB data with its ``unsupervised`` split ($SEQMODELS_DATA_DIR/imdb). Runs, one after
 the other (never two at once: on 2 cores they would spoil each other's minutes):
@@ -72,6 +74,9 @@ def train_and_test(config: str, extra: list[str]) -> dict:
     """Fit, then test the best checkpoint: in a child, so each run's memory and threads are its own."""
     code = (
         "import json, sys, time\n"
+        # jsonargparse reads a config from inside its folder: a relative '' on sys.path would
+        # then miss the repository's packages
+        f"sys.path.insert(0, {str(REPO)!r})\n"
         "from seqmodels.cli import SeqCLI\n"
         "start = time.perf_counter()\n"
         "cli = SeqCLI(args=['fit', *sys.argv[1:]])\n"
@@ -80,7 +85,9 @@ def train_and_test(config: str, extra: list[str]) -> dict:
         "print('RESULT ' + json.dumps({'fit_min': minutes, 'epochs': cli.trainer.current_epoch, **metrics}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, "--config", f"configs/{config}.yaml", *QUIET, *extra],
-                         cwd=REPO, check=True, capture_output=True, text=True)
+                         cwd=REPO, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"The {config} run failed (exit {out.returncode}); its last output:\n{out.stderr[-3000:]}")
     line = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 
@@ -97,6 +104,8 @@ def main() -> None:
     parser.add_argument("--finetune-args", action="append", default=[],
                         help="one more option for the fine-tuning from pretrained checkpoints, as "
                              "--finetune-args=--model.gradual_unfreezing=true; repeat it for more")
+    parser.add_argument("--baseline-args", action="append", default=[],
+                        help="one more option for the labels-only baseline, as --baseline-args=--data.eval_max_length=null")
     parser.add_argument("--lm-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for the pretraining")
     args = parser.parse_args()
     root = (REPO / args.root).resolve()
@@ -144,7 +153,8 @@ def main() -> None:
         epochs = max(int(args.baseline_minutes / 1.45), 1)
         result = train_and_test("imdb_lstm", ["--trainer.default_root_dir", str(root), "--run_name", "labels_only",
                                               "--trainer.max_epochs", str(epochs), "--lr_scheduler.init_args.T_max",
-                                              str(epochs), "--trainer.max_time", clock(args.baseline_minutes)])
+                                              str(epochs), "--trainer.max_time", clock(args.baseline_minutes),
+                                              *args.baseline_args])
         rows.append((f"labels-only imdb_lstm, {args.baseline_minutes:g} min budget", 0.0, result))
 
     print("\n| pretraining (min) | fine-tune (min) | total (min) | epochs | test acc | test F1 | test AUROC |")
