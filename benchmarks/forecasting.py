@@ -6,11 +6,21 @@ first 84 and pick their checkpoint by validation RMSE on the next 12. One-step: 
 month forecast from the true past. Multi-step: all 48 test months forecast from 1956-12.
 
     SEQMODELS_DATA_DIR=../shared/data python benchmarks/forecasting.py [--seeds 5] [--configs airline_lstm ...]
+
+Choosing settings without the test: ``--variant "name: options"`` (repeatable) trains the first
+config with those options too; every row shows its validation RMSE (mean over seeds of the best
+epoch's), the only number to choose by. ``--refit`` adds, under each row, the same run refitted on
+train + validation (the 96 months the baselines see) for the number of epochs that seed's
+validation chose, then scored on the test months: what a forecaster does once settings are chosen.
+
+    python benchmarks/forecasting.py --configs airline_gru --refit \
+        --variant "hidden 32: --model.backbone.init_args.hidden_size 32"
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import time
 import warnings
@@ -60,24 +70,47 @@ def baselines(values: np.ndarray, test_start: int) -> list[tuple[str, float, flo
     return rows
 
 
-def train_config(config: str, seed: int) -> tuple[float, float, float]:
+def merged(per_loader: list[dict]) -> dict:
+    """One dict of the metrics ``test`` returned per test loader (one-step, then multi-step)."""
+    return {key: value for metrics in per_loader for key, value in metrics.items()}
+
+
+def train_config(config: str, seed: int, extra: list[str], refit: bool) -> dict:
+    """Train on the first 84 months (best epoch by validation RMSE), test that checkpoint; with
+    ``refit``, train again on all 96 months before the test for the chosen number of epochs."""
+    import torch
+
     from seqmodels.cli import SeqCLI
 
     args = ["--config", str(CONFIGS / f"{config}.yaml"), "--seed_everything", str(seed),
             "--run_name", f"bench_{config}", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false"]
+            "--trainer.enable_model_summary", "false", *extra]
     start = time.perf_counter()
     cli = SeqCLI(args=args, run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - start
-    metrics = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]
-    return metrics["test/rmse"], metrics["test/rmse_multistep"], seconds
+    best = cli.trainer.checkpoint_callback
+    result = {"val": float(best.best_model_score), "seconds": seconds,
+              "epochs": torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"] + 1}
+    metrics = merged(cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False))
+    result.update(one=metrics["test/rmse"], multi=metrics["test/rmse_multistep"])
+    if refit:
+        cli = SeqCLI(args=[*args, "--run_name", f"bench_{config}_refit", "--data.val_size", "0",
+                           "--trainer.max_epochs", str(result["epochs"]), "--checkpoint.monitor", "null",
+                           "--trainer.limit_val_batches", "0"], run=False)
+        cli.trainer.fit(cli.model, cli.datamodule)
+        metrics = merged(cli.trainer.test(cli.model, cli.datamodule, verbose=False))
+        result.update(refit_one=metrics["test/rmse"], refit_multi=metrics["test/rmse_multistep"])
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--configs", nargs="+", default=["airline_rnn", "airline_lstm", "airline_gru"])
+    parser.add_argument("--variant", action="append", default=[],
+                        help='"name: options" for the first config, e.g. "hidden 8: --model.backbone.init_args.hidden_size 8"')
+    parser.add_argument("--refit", action="store_true", help="also refit each run on train + validation")
     args = parser.parse_args()
 
     import logging
@@ -92,20 +125,29 @@ def main() -> None:
     test_start = data.boundaries[1]
 
     print(f"# airline passengers: test {data.dates[test_start]}..{data.dates[-1]} ({len(values) - test_start} months)\n")
-    print("| model | one-step RMSE | multi-step RMSE | train s/run |")
-    print("|---|---:|---:|---:|")
+    print("| model | val RMSE | one-step RMSE | multi-step RMSE | train s/run |")
+    print("|---|---:|---:|---:|---:|")
     for name, one, multi in baselines(values, test_start):
-        print(f"| {name} | {one:.2f} | {multi:.2f} | |", flush=True)
-    for config in args.configs:
-        results = [train_config(config, seed) for seed in range(args.seeds)]
-        one = [r[0] for r in results]
-        multi = [r[1] for r in results]
-        secs = [r[2] for r in results]
-        spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
-        print(f"| {config} ({args.seeds} seeds) | {statistics.mean(one):.2f} ± {spread(one):.2f} | "
-              f"{statistics.mean(multi):.2f} ± {spread(multi):.2f} | {statistics.mean(secs):.1f} |", flush=True)
-        print(f"|   per seed | {', '.join(f'{x:.2f}' for x in one)} | {', '.join(f'{x:.2f}' for x in multi)} | |", flush=True)
-
+        print(f"| {name} | | {one:.2f} | {multi:.2f} | |", flush=True)
+    runs = [(config, config, []) for config in args.configs]
+    for variant in args.variant:
+        name, _, options = variant.partition(":")
+        runs.append((f"{args.configs[0]}, {name.strip()}", args.configs[0], shlex.split(options)))
+    spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+    summary = lambda xs: f"{statistics.mean(xs):.2f} ± {spread(xs):.2f}"  # noqa: E731
+    for name, config, extra in runs:
+        results = [train_config(config, seed, extra, args.refit) for seed in range(args.seeds)]
+        column = lambda key: [r[key] for r in results]  # noqa: E731
+        print(f"| {name} ({args.seeds} seeds) | {summary(column('val'))} | {summary(column('one'))} | "
+              f"{summary(column('multi'))} | {statistics.mean(column('seconds')):.1f} |", flush=True)
+        print(f"|   per seed | {', '.join(f'{x:.2f}' for x in column('val'))} | "
+              f"{', '.join(f'{x:.2f}' for x in column('one'))} | "
+              f"{', '.join(f'{x:.2f}' for x in column('multi'))} | |", flush=True)
+        if args.refit:
+            print(f"|   refitted on train + val for {', '.join(str(e) for e in column('epochs'))} epochs | | "
+                  f"{summary(column('refit_one'))} | {summary(column('refit_multi'))} | |", flush=True)
+            print(f"|   per seed | | {', '.join(f'{x:.2f}' for x in column('refit_one'))} | "
+                  f"{', '.join(f'{x:.2f}' for x in column('refit_multi'))} | |", flush=True)
 
 if __name__ == "__main__":
     main()
