@@ -78,8 +78,7 @@ def merged(per_loader: list[dict]) -> dict:
 def train_config(config: str, seed: int, extra: list[str], refit: bool) -> dict:
     """Train on the first 84 months (best epoch by validation RMSE), test that checkpoint; with
     ``refit``, train again on all 96 months before the test for the chosen number of epochs."""
-    import torch
-
+    from seqmodels.checkpoints import load_checkpoint
     from seqmodels.cli import SeqCLI
 
     args = ["--config", str(CONFIGS / f"{config}.yaml"), "--seed_everything", str(seed),
@@ -91,7 +90,7 @@ def train_config(config: str, seed: int, extra: list[str], refit: bool) -> dict:
     seconds = time.perf_counter() - start
     best = cli.trainer.checkpoint_callback
     result = {"val": float(best.best_model_score), "seconds": seconds,
-              "epochs": torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"] + 1}
+              "epochs": load_checkpoint(best.best_model_path)["epoch"] + 1}
     metrics = merged(cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False))
     result.update(one=metrics["test/rmse"], multi=metrics["test/rmse_multistep"])
     if refit:
