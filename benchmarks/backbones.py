@@ -6,6 +6,7 @@ in milliseconds and tokens per second, scratch vs native and their ratio.
     python benchmarks/backbones.py                      # CPU, batch 64, T in {128, 512}
     python benchmarks/backbones.py --device cuda        # on a GPU (native = cuDNN)
     python benchmarks/backbones.py --steps 128 --repeats 5 --lengths
+    python benchmarks/backbones.py --tuned-allocator    # as main.py runs: seqmodels.runtime.tune_allocator()
 """
 
 from __future__ import annotations
@@ -71,7 +72,13 @@ def main() -> None:
     parser.add_argument("--lengths", action="store_true", help="ragged batch (packing / masking)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--tuned-allocator", action="store_true",
+                        help="keep freed memory in the process, as every main.py command does")
     args = parser.parse_args()
+    if args.tuned_allocator:
+        from seqmodels.runtime import tune_allocator
+
+        print(f"# allocator tuned: {tune_allocator()}")
     device = torch.device(args.device)
     print(describe() if device.type == "cpu" else f"# torch {torch.__version__} on {torch.cuda.get_device_name(device)}")
     print(f"# batch {args.batch}, input {args.input_size}, "

@@ -94,6 +94,28 @@ def test_scratch_matches_native_float64(cell, seed):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("seed", range(6))
+def test_scratch_matches_native_in_inference_mode(cell, seed):
+    """Evaluation and predict run without autograd: padded steps and final states must match there
+    too, not only in the training-mode parity test above."""
+    torch.manual_seed(seed)
+    cls, _, extra = CELLS[cell]
+    cfg = random_config(200 + seed)
+    native = build(cls, extra, cfg, "native")
+    scratch = build(cls, extra, cfg, "scratch")
+    scratch.load_state_dict(native.state_dict(), strict=True)
+    x, lengths, state = make_inputs(cfg, cell)
+    state = state if state is None or len(state) == 2 else state[0]
+    with torch.inference_mode():
+        expected, expected_final = native(x, state, lengths=lengths)
+        out, final = scratch(x, state, lengths=lengths)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    for ours, theirs in zip(final if isinstance(final, tuple) else (final,),
+                            expected_final if isinstance(expected_final, tuple) else (expected_final,)):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("seed", range(6))
 def test_native_matches_bare_torch_layer_on_packed_sequences(cell, seed):
     torch.manual_seed(seed)
     cls, bare_cls, extra = CELLS[cell]
