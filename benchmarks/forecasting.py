@@ -82,10 +82,9 @@ def train_config(config: str, seed: int, extra: list[str], refit: bool) -> dict:
     from seqmodels.cli import SeqCLI
 
     args = ["--config", str(CONFIGS / f"{config}.yaml"), "--seed_everything", str(seed),
-            "--run_name", f"bench_{config}", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", *extra]
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
     start = time.perf_counter()
-    cli = SeqCLI(args=args, run=False)
+    cli = SeqCLI(args=[*args, "--run_name", f"bench_{config}"], run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - start
     best = cli.trainer.checkpoint_callback
@@ -134,19 +133,19 @@ def main() -> None:
         runs.append((f"{args.configs[0]}, {name.strip()}", args.configs[0], shlex.split(options)))
     spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     summary = lambda xs: f"{statistics.mean(xs):.2f} ± {spread(xs):.2f}"  # noqa: E731
+    listed = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     for name, config, extra in runs:
         results = [train_config(config, seed, extra, args.refit) for seed in range(args.seeds)]
         column = lambda key: [r[key] for r in results]  # noqa: E731
         print(f"| {name} ({args.seeds} seeds) | {summary(column('val'))} | {summary(column('one'))} | "
               f"{summary(column('multi'))} | {statistics.mean(column('seconds')):.1f} |", flush=True)
-        print(f"|   per seed | {', '.join(f'{x:.2f}' for x in column('val'))} | "
-              f"{', '.join(f'{x:.2f}' for x in column('one'))} | "
-              f"{', '.join(f'{x:.2f}' for x in column('multi'))} | |", flush=True)
+        print(f"|   per seed | {listed(column('val'))} | {listed(column('one'))} | {listed(column('multi'))} | |",
+              flush=True)
         if args.refit:
             print(f"|   refitted on train + val for {', '.join(str(e) for e in column('epochs'))} epochs | | "
                   f"{summary(column('refit_one'))} | {summary(column('refit_multi'))} | |", flush=True)
-            print(f"|   per seed | | {', '.join(f'{x:.2f}' for x in column('refit_one'))} | "
-                  f"{', '.join(f'{x:.2f}' for x in column('refit_multi'))} | |", flush=True)
+            print(f"|   per seed | | {listed(column('refit_one'))} | {listed(column('refit_multi'))} | |", flush=True)
+
 
 if __name__ == "__main__":
     main()

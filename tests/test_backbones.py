@@ -108,10 +108,7 @@ def test_scratch_matches_native_in_inference_mode(cell, seed):
     with torch.inference_mode():
         expected, expected_final = native(x, state, lengths=lengths)
         out, final = scratch(x, state, lengths=lengths)
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
-    for ours, theirs in zip(final if isinstance(final, tuple) else (final,),
-                            expected_final if isinstance(expected_final, tuple) else (expected_final,)):
-        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    torch.testing.assert_close((out, final), (expected, expected_final), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("cell", CELLS)
