@@ -9,7 +9,9 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
 * the backward pass is written by hand (a ``torch.autograd.Function`` per cell), so
   autograd records one node per layer instead of a dozen per step, the gradients of
   ``W_ih`` and ``W_hh`` are each one large product over all steps, and the gate
-  activations are overwritten by their gradients in place (no second sequence-sized buffer).
+  activations are overwritten by their gradients in place (no second sequence-sized buffer);
+* without autograd (evaluation, predict) nothing is kept for a backward pass: the projection is
+  made 64 steps at a time and the outputs are the only sequence-sized buffer.
 
 Tensors in this module are time-major: ``(time, batch, features)``. ``mask`` is
 ``(time, batch, 1)`` boolean, true at valid steps; at a masked step the state is carried
@@ -296,6 +298,8 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
               mask: Tensor | None, nonlinearity: str) -> tuple[Tensor, Tensor]:
     """One direction of one RNN layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``.
     Returns ``(outputs (T, B, H), h_n (B, H))``."""
+    if not _wants_grad(x, w_ih, bias, h0, w_hh):
+        return _rnn_inference(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
     return _RNNLayer.apply(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
 
 
@@ -303,6 +307,8 @@ def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, c0: Ten
                mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one LSTM layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``.
     Returns ``(outputs (T, B, H), h_n (B, H), c_n (B, H))``."""
+    if not _wants_grad(x, w_ih, bias, h0, c0, w_hh):
+        return _lstm_inference(x, w_ih, bias, h0, c0, w_hh, mask)
     return _LSTMLayer.apply(x, w_ih, bias, h0, c0, w_hh, mask)
 
 
@@ -310,7 +316,88 @@ def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
               mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """One direction of one GRU layer over ``x`` ``(T, B, I)``. ``b_hh`` stays separate because
     ``b_hn`` sits inside the reset gate's product. Returns ``(outputs, h_n)``."""
+    if not _wants_grad(x, w_ih, b_ih, h0, w_hh, b_hh):
+        return _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
     return _GRULayer.apply(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
+
+
+# -- whole sequences without a backward pass ---------------------------------------------------
+# Same equations and operation order as the forward passes above, but nothing is kept for a
+# backward pass: the input projection is made a chunk of steps at a time and the only
+# sequence-sized buffer is the output. Whole-review evaluation is where this matters: the
+# batch of the 64 longest IMDB test reviews (2,675 words) held the LSTM's gates, cell states
+# and their tanh for every step, eight times the output's size.
+_CHUNK_STEPS = 64
+
+
+def _wants_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _projected_chunks(x: Tensor, w_ih: Tensor, bias: Tensor | None):
+    """``(first step, x[chunk] @ w_ih^T + bias)`` for consecutive chunks of steps."""
+    for start in range(0, x.shape[0], _CHUNK_STEPS):
+        yield start, F.linear(x[start: start + _CHUNK_STEPS], w_ih, bias)
+
+
+def _finish(out: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    # ``h`` is the last output row (or h0 for an empty sequence); copy it before masking the outputs.
+    h = h.clone()
+    return (out if mask is None else out.mul_(mask)), h
+
+
+def _rnn_inference(x, w_ih, bias, h0, w_hh, mask, relu: bool):
+    steps, batch, _ = x.shape
+    out = x.new_empty((steps, *h0.shape))
+    w, h = _prepare(w_hh, batch), h0
+    for start, acts in _projected_chunks(x, w_ih, bias):
+        for t, a in enumerate(acts, start):
+            a.add_(_linear(h, w))
+            a.relu_() if relu else a.tanh_()
+            h = out[t].copy_(a) if mask is None else torch.where(mask[t], a, h, out=out[t])
+    return _finish(out, h, mask)
+
+
+def _lstm_inference(x, w_ih, bias, h0, c0, w_hh, mask):
+    steps, batch, _ = x.shape
+    hidden = h0.shape[-1]
+    out = x.new_empty((steps, *h0.shape))
+    w, h, c = _prepare(w_hh, batch), h0, c0.clone()
+    c_new, tanh_c = torch.empty_like(c), torch.empty_like(c)
+    for start, acts in _projected_chunks(x, w_ih, bias):
+        for t, a in enumerate(acts, start):
+            a.add_(_linear(h, w))
+            i, f, g, o = a.chunk(4, 1)
+            a[:, : 2 * hidden].sigmoid_()
+            g.tanh_()
+            o.sigmoid_()
+            torch.mul(f, c, out=c_new).addcmul_(i, g)
+            if mask is None:
+                h = torch.mul(o, torch.tanh(c_new, out=tanh_c), out=out[t])
+                c, c_new = c_new, c
+            else:
+                h_new = torch.mul(o, torch.tanh(c_new, out=tanh_c), out=tanh_c)
+                torch.where(mask[t], c_new, c, out=c)
+                h = torch.where(mask[t], h_new, h, out=out[t])
+    out, h = _finish(out, h, mask)
+    return out, h, c
+
+
+def _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask):
+    steps, batch, _ = x.shape
+    hidden = h0.shape[-1]
+    out = x.new_empty((steps, *h0.shape))
+    w, h = _prepare(w_hh, batch), h0
+    for start, acts in _projected_chunks(x, w_ih, b_ih):
+        for t, a in enumerate(acts, start):
+            hp = _linear(h, w, b_hh)
+            rz, n = a[:, : 2 * hidden], a[:, 2 * hidden:]
+            rz.add_(hp[:, : 2 * hidden]).sigmoid_()
+            r, z = rz.chunk(2, 1)
+            n.addcmul_(r, hp[:, 2 * hidden:]).tanh_()
+            h_new = torch.sub(h, n, out=out[t]).mul_(z).add_(n)  # (1 - z) n + z h
+            h = h_new if mask is None else torch.where(mask[t], h_new, h, out=h_new)
+    return _finish(out, h, mask)
 
 
 # -- one step, for inference ---------------------------------------------------------------------
