@@ -110,6 +110,25 @@ def _grads_of_projection(ctx, d_proj: Tensor, x2d: Tensor, w_ih: Tensor):
     return d_x, d_w, d_b
 
 
+def _lstm_gates(a: Tensor, hidden: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The pre-activations ``a`` ``(B, 4H)`` activated in place; returns views ``i, f, g, o``."""
+    i, f, g, o = a.chunk(4, 1)
+    a[:, : 2 * hidden].sigmoid_()  # i and f are adjacent
+    g.tanh_()
+    o.sigmoid_()
+    return i, f, g, o
+
+
+def _gru_gates(a: Tensor, hp: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
+    """``a`` (input projection, ``(B, 3H)``) turned in place into ``r, z, n`` given the recurrent
+    product ``hp`` = ``W_hh h + b_hh``; returns views ``z, n``."""
+    rz, n = a[:, : 2 * hidden], a[:, 2 * hidden :]
+    rz.add_(hp[:, : 2 * hidden]).sigmoid_()
+    r, z = rz.chunk(2, 1)
+    n.addcmul_(r, hp[:, 2 * hidden :]).tanh_()
+    return z, n
+
+
 class _RNNLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, w_hh, mask, relu: bool):
@@ -170,11 +189,7 @@ class _LSTMLayer(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         w = _prepare(w_hh, batch)
         for t in range(steps):
-            a = acts[t].add_(_linear(hs[t], w))
-            i, f, g, o = a.chunk(4, 1)
-            a[:, : 2 * hidden].sigmoid_()  # i and f are adjacent
-            g.tanh_()
-            o.sigmoid_()
+            i, f, g, o = _lstm_gates(acts[t].add_(_linear(hs[t], w)), hidden)
             c = torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
             h = torch.mul(o, torch.tanh(c, out=tanh_cs[t]), out=hs[t + 1])
             if mask is not None:
@@ -239,12 +254,8 @@ class _GRULayer(torch.autograd.Function):
         for t in range(steps):
             h = hs[t]
             hp = _linear(h, w, b_hh)
-            a = acts[t]
-            rz, n = a[:, : 2 * hidden], a[:, 2 * hidden :]
-            rz.add_(hp[:, : 2 * hidden]).sigmoid_()
-            r, z = rz.chunk(2, 1)
-            hn = hns[t].copy_(hp[:, 2 * hidden :])
-            n.addcmul_(r, hn).tanh_()
+            z, n = _gru_gates(acts[t], hp, hidden)
+            hns[t].copy_(hp[:, 2 * hidden :])
             h_new = torch.sub(h, n, out=hs[t + 1]).mul_(z).add_(n)  # (1 - z) n + z h
             if mask is not None:
                 torch.where(mask[t], h_new, h, out=h_new)
@@ -366,11 +377,7 @@ def _lstm_inference(x, w_ih, bias, h0, c0, w_hh, mask):
     c_new, tanh_c = torch.empty_like(c), torch.empty_like(c)
     for start, acts in _projected_chunks(x, w_ih, bias):
         for t, a in enumerate(acts, start):
-            a.add_(_linear(h, w))
-            i, f, g, o = a.chunk(4, 1)
-            a[:, : 2 * hidden].sigmoid_()
-            g.tanh_()
-            o.sigmoid_()
+            i, f, g, o = _lstm_gates(a.add_(_linear(h, w)), hidden)
             torch.mul(f, c, out=c_new).addcmul_(i, g)
             if mask is None:
                 h = torch.mul(o, torch.tanh(c_new, out=tanh_c), out=out[t])
@@ -390,11 +397,7 @@ def _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask):
     w, h = _prepare(w_hh, batch), h0
     for start, acts in _projected_chunks(x, w_ih, b_ih):
         for t, a in enumerate(acts, start):
-            hp = _linear(h, w, b_hh)
-            rz, n = a[:, : 2 * hidden], a[:, 2 * hidden:]
-            rz.add_(hp[:, : 2 * hidden]).sigmoid_()
-            r, z = rz.chunk(2, 1)
-            n.addcmul_(r, hp[:, 2 * hidden:]).tanh_()
+            z, n = _gru_gates(a, _linear(h, w, b_hh), hidden)
             h_new = torch.sub(h, n, out=out[t]).mul_(z).add_(n)  # (1 - z) n + z h
             h = h_new if mask is None else torch.where(mask[t], h_new, h, out=h_new)
     return _finish(out, h, mask)
