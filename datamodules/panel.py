@@ -178,7 +178,8 @@ class PanelWindows(Dataset):
 
     ``context (B, window)`` values (0 where unobserved), ``observed (B, window)`` 0/1,
     ``past (B, window, P)``, ``future (B, window + horizon, F)`` covariates, ``target (B, horizon)``
-    (NaN past a series' end, in ``predict``), ``scale (B,)`` the MASE scale and ``series (B,)``;
+    (NaN past a series' end, in ``predict``), ``scale (B,)`` the MASE scale, ``series (B,)`` and, where
+    the series are deseasonalised, ``season (B, window + horizon)`` each step's seasonal factor;
     with ``labels`` (predict) also ``names`` and ``dates``, lists of each series' name and step labels.
     """
 
@@ -212,6 +213,8 @@ class PanelWindows(Dataset):
             "scale": self.scales[index],
             "series": self.series[index],
         }
+        if "season" in self.buffer:  # each step's seasonal factor (PanelTransform.seasonally_adjusted)
+            batch["season"] = self.buffer["season"][all_steps]
         if self.labels is not None:  # predict: each series' name and the dates of its forecast steps
             batch["names"] = [self.labels[i][0] for i in index.tolist()]
             batch["dates"] = [self.labels[i][1] for i in index.tolist()]
@@ -238,6 +241,10 @@ class PanelDataModule(L.LightningDataModule):
         calendar: month of year and day of week as known-future inputs (needs dates).
         log: the model reads and forecasts the log of the scaled values (positive series only):
             relative errors, as sMAPE counts them. Travels with the model.
+        deseasonalise: the model reads and forecasts seasonally adjusted values: each series is divided
+            by multiplicative seasonal factors of ``period``, estimated from its training part (its
+            whole history in ``predict``) where the Theta method's test finds seasonality, and the
+            forecasts are multiplied back (:meth:`PanelTransform.seasonal_factors`). Travels with the model.
         window: context steps per window; series that start late are padded (marked unobserved).
         horizon: steps forecast at once; linked to the model.
         val_size, test_size: each series' last ``test_size`` values are its test span, the
@@ -260,7 +267,8 @@ class PanelDataModule(L.LightningDataModule):
                  past_covariates: list[str] | None = None, future_covariates: list[str] | None = None,
                  calendar: bool = False, window: int = 36, horizon: int = 18, val_size: int | None = None,
                  test_size: int | None = None, min_context: int | None = None, period: int | None = None,
-                 test_stride: int | None = None, log: bool = False, batch_size: int = 256) -> None:
+                 test_stride: int | None = None, log: bool = False, deseasonalise: bool = False,
+                 batch_size: int = 256) -> None:
         super().__init__()
         for name, value in (("window", window), ("horizon", horizon), ("batch_size", batch_size)):
             if value < 1:
@@ -270,7 +278,7 @@ class PanelDataModule(L.LightningDataModule):
         self.source, self.layout = source, layout
         self.id_column, self.date_column, self.value_column = id_column, date_column, value_column
         self.past_covariates, self.future_covariates = list(past_covariates or []), list(future_covariates or [])
-        self.calendar, self.log = calendar, log
+        self.calendar, self.log, self.deseasonalise = calendar, log, deseasonalise
         self.window, self.horizon, self.batch_size = window, horizon, batch_size
         self._val_size, self._test_size, self._period = val_size, test_size, period
         self.min_context = min_context if min_context is not None else max(1, window // 2)
@@ -364,7 +372,8 @@ class PanelDataModule(L.LightningDataModule):
         if self.preprocessor is None:
             training_rows = np.concatenate(
                 [s.covariates[: len(s.values) - self.test_size - self.val_size] for s in self.series])
-            self.preprocessor = PanelTransform(self.past_covariates, self.future_covariates, self.calendar, self.log)
+            self.preprocessor = PanelTransform(self.past_covariates, self.future_covariates, self.calendar, self.log,
+                                               season=self.deseasonalise)
             self.preprocessor.fit(training_rows)
         elif (self.preprocessor.past, self.preprocessor.future, self.preprocessor.calendar) != \
                 (self.past_covariates, self.future_covariates, self.calendar):
@@ -382,12 +391,13 @@ class PanelDataModule(L.LightningDataModule):
                         f"Series {series.name!r} has a value <= 0 (at position {position}), but log: true models "
                         "log(value / scale). Set data.log false, or shift the series to positive values."
                     )
-        self._build_buffer()
+        self._build_buffer(stage)
 
-    def _build_buffer(self) -> None:
+    def _build_buffer(self, stage: str | None) -> None:
         """All series end to end, each after ``window`` padding steps and followed by ``horizon``
-        steps of room for the forecast (its known-future covariates, where given)."""
-        values, covariates, self.offsets = [], [], []
+        steps of room for the forecast (its known-future covariates, where given); with seasonal
+        adjustment, each step's seasonal factor beside it (1 in the padding)."""
+        values, covariates, seasons, self.offsets = [], [], [], []
         position = 0
         for series in self.series:
             n, ahead = len(series.values), self.horizon
@@ -403,10 +413,17 @@ class PanelDataModule(L.LightningDataModule):
             values.append(np.concatenate([series.values, np.full(ahead, np.nan, np.float32)]))
             covariates.append(np.zeros((self.window, width), np.float32))
             covariates.append(features)
+            if self.preprocessor.season:
+                # Estimated from what training sees, so no validation or test value shapes its own forecast.
+                history = series.values if stage == "predict" else series.values[: self.spans(series)[0]]
+                factors = PanelTransform.seasonal_factors(history, self.period)
+                seasons += [np.ones(self.window, np.float32), factors[np.arange(n + ahead) % len(factors)]]
             self.offsets.append(position + self.window)
             position += self.window + n + ahead
         self.buffer = {"values": torch.from_numpy(np.concatenate(values)),
                        "covariates": torch.from_numpy(np.concatenate(covariates))}
+        if seasons:
+            self.buffer["season"] = torch.from_numpy(np.concatenate(seasons))
 
     def _calendar(self, series: Series, steps: int) -> np.ndarray:
         dates = series.dates + series.future_dates[: steps - len(series.dates)]

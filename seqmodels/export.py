@@ -85,10 +85,17 @@ class PanelGraph(nn.Module):
         self.backbone, self.head, self.highway = _native(model.backbone), model.head, model.highway
         self.likelihood, self.horizon = model.hparams.likelihood, model.hparams.horizon
         self.transform: PanelTransform = model.transform
+        self.covariates = bool(model.hparams.past_features or model.hparams.future_features)
         self.register_buffer("levels", model.levels.clone())
 
-    def forward(self, context: Tensor, past: Tensor | None = None, future: Tensor | None = None) -> Tensor:
+    def forward(self, context: Tensor, *more: Tensor) -> Tensor:
+        """``context``, then ``past`` and ``future`` where the model reads covariates, then ``season``
+        ``(batch, window + horizon)``, each step's seasonal factor, where it was trained deseasonalised."""
+        past, future = more[:2] if self.covariates else (None, None)
+        season = more[-1] if self.transform.season else None
         batch, window = context.shape
+        if season is not None:
+            context = context / season[:, :window]
         observed = (~context.isnan()).float()
         values = torch.nan_to_num(context, nan=0.0)
         inputs = {"context": values, "observed": observed,
@@ -99,7 +106,8 @@ class PanelGraph(nn.Module):
         outputs, _ = self.backbone._native(features, None, None)
         raw = direct_head(self.head, self.highway, outputs, features, inputs["future"])
         parameters = distribution(raw, self.likelihood, self.levels)
-        return self.transform.denormalise(to_quantiles(parameters, self.likelihood, self.levels), scale.unsqueeze(-1))
+        quantiles = self.transform.denormalise(to_quantiles(parameters, self.likelihood, self.levels), scale.unsqueeze(-1))
+        return quantiles if season is None else quantiles * season[:, window:, None]
 
 
 class CharGraph(nn.Module):
@@ -143,6 +151,10 @@ def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], lis
                         torch.randn(2, hp.window + hp.horizon, hp.future_features, generator=generator)]
             names += ["past", "future"]
             axes.update({"past": {0: "batch"}, "future": {0: "batch"}})
+        if preprocessor.season:
+            example.append(torch.rand(2, hp.window + hp.horizon, generator=generator) + 0.5)
+            names.append("season")
+            axes["season"] = {0: "batch"}
         return _detached(PanelGraph(model)), tuple(example), names, ["quantiles"], axes
     if isinstance(model, CharLanguageModel):
         backbone = model.backbone
@@ -236,6 +248,9 @@ def _write_metadata(model, format: str, output: Path, inputs: list[str], outputs
         meta["window"] = model.hparams.window
     if isinstance(model, GlobalForecaster):
         meta.update(window=model.hparams.window, horizon=model.hparams.horizon, quantiles=model.levels.tolist())
+        if model.transform.season:
+            meta["season"] = ("each step's multiplicative seasonal factor, window + horizon steps: "
+                              "PanelTransform.seasonal_factors of the series' history, by position modulo the period")
     if isinstance(model, CharLanguageModel):
         meta["state_shape"] = ["layers", "batch", model.backbone.hidden_size]
     path = output.with_name(output.name + ".json")

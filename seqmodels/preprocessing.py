@@ -299,13 +299,19 @@ class PanelTransform:
       points on the unit circle (so December sits next to January).
     * ``log``: the model reads and forecasts ``log(value / scale)`` (positive series only), so its
       errors are relative ones, as sMAPE and MAPE count them.
+    * ``season``: the model reads and forecasts seasonally adjusted values, as the Theta method and
+      ES-RNN do. Each series' multiplicative seasonal factors (:meth:`seasonal_factors`) come from its
+      own history; the data module computes them and hands them over with every window (``season``
+      in the batch), so nothing per series is stored here either.
     """
 
     calendar_features = 4
 
     def __init__(self, past: Sequence[str] = (), future: Sequence[str] = (), calendar: bool = False,
-                 log: bool = False, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+                 log: bool = False, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 season: bool = False) -> None:
         self.past, self.future, self.calendar, self.log = list(past), list(future), bool(calendar), bool(log)
+        self.season = bool(season)
         names = self.past + self.future
         if len(set(names)) != len(names):
             raise InvalidInputError(f"A covariate is named twice in past {self.past} and future {self.future}.")
@@ -363,16 +369,62 @@ class PanelTransform:
         """The inverse of :meth:`normalise`; ``scale`` broadcasts from the left: ``(B, 1[, 1])``."""
         return (z.exp() if self.log else z) * scale
 
+    @staticmethod
+    def seasonal_factors(history: np.ndarray, period: int) -> np.ndarray:
+        """Multiplicative seasonal factors ``(period,)`` of a series from its ``history``, indexed by
+        position modulo ``period`` from the series' first value; all ones where there is no seasonality
+        to remove.
+
+        As the Theta method decides (and statsmodels' ``ThetaModel`` does): the series is seasonal when
+        its autocorrelation at lag ``period`` is significant at the 90% level (Bartlett's standard
+        error); its factors are then a classical multiplicative decomposition's: the ratio of each value
+        to the centred moving average, averaged per position, normalised to a mean of 1. Histories
+        shorter than two periods, or with a value <= 0, are left as they are."""
+        ones = np.ones(max(period, 1), np.float32)
+        n = len(history)
+        if period < 2 or n < 2 * period or not (history > 0).all():
+            return ones
+        y = np.asarray(history, np.float64)
+        centred = y - y.mean()
+        denominator = centred @ centred
+        if denominator == 0:
+            return ones
+        acf = np.array([centred[k:] @ centred[: n - k] for k in range(period + 1)]) / denominator
+        if abs(acf[period]) <= 1.6449 * np.sqrt((1 + 2 * (acf[1:period] ** 2).sum()) / n):
+            return ones
+        weights = np.r_[0.5, np.ones(period - 1), 0.5] / period if period % 2 == 0 else np.ones(period) / period
+        trend = np.convolve(y, weights, mode="valid")
+        first = len(weights) // 2  # the position of the first centred average
+        ratios = y[first : first + len(trend)] / trend
+        positions = (np.arange(len(trend)) + first) % period
+        factors = np.array([ratios[positions == p].mean() for p in range(period)])
+        return (factors / factors.mean()).astype(np.float32)
+
+    @staticmethod
+    def seasonally_adjusted(batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None]:
+        """The batch with its context and target divided by their seasonal factors (``season (B, window +
+        horizon)``, present when the data module deseasonalises), and the horizon's factors, by which
+        forecasts are multiplied back (None: nothing to undo)."""
+        season = batch.get("season")
+        if season is None:
+            return batch, None
+        window = batch["context"].shape[1]
+        adjusted = dict(batch)
+        adjusted["context"] = batch["context"] / season[:, :window]
+        adjusted["target"] = batch["target"] / season[:, window:]
+        return adjusted, season[:, window:]
+
     def state_dict(self) -> dict[str, Any]:
         return {"past": self.past, "future": self.future, "calendar": self.calendar, "log": self.log,
-                "mean": self.mean, "std": self.std}
+                "mean": self.mean, "std": self.std, "season": self.season}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PanelTransform:
         return cls(**state)
 
     def __repr__(self) -> str:
-        return f"PanelTransform(past={self.past}, future={self.future}, calendar={self.calendar}, log={self.log})"
+        return (f"PanelTransform(past={self.past}, future={self.future}, calendar={self.calendar}, log={self.log}, "
+                f"season={self.season})")
 
 
 KINDS: dict[str, type] = {cls.__name__: cls for cls in (WordTokenizer, CharVocabulary, SeriesTransform,

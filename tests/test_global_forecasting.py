@@ -329,3 +329,95 @@ def test_exported_graph_gives_the_checkpoints_quantiles(in_tmp, impl):
     assert np.abs(served - expected.numpy()).max() <= 1e-5 * expected.abs().max()
     program = torch.export.load("m.pt2").module()
     assert (program(context) - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_seasonal_factors_are_a_classical_decomposition_and_only_where_seasonality_is_significant():
+    from statsmodels.tsa.seasonal import seasonal_decompose
+
+    rng = np.random.default_rng(0)
+    t = np.arange(96)
+    seasonal = (100 + t) * (1 + 0.3 * np.sin(2 * np.pi * t / 12)) * np.exp(0.02 * rng.standard_normal(96))
+    factors = PanelTransform.seasonal_factors(seasonal, 12)
+    expected = seasonal_decompose(seasonal, model="multiplicative", period=12).seasonal[:12]
+    np.testing.assert_allclose(factors, expected, rtol=1e-5)
+    assert factors[3] > 1.25 and factors[9] < 0.75  # the sine's peak and trough
+    white = 100 + rng.standard_normal(96)
+    assert (PanelTransform.seasonal_factors(white, 12) == 1).all()  # no significant lag-12 autocorrelation
+    assert (PanelTransform.seasonal_factors(seasonal[:23], 12) == 1).all()  # under two years
+    assert (PanelTransform.seasonal_factors(seasonal - 150, 12) == 1).all()  # not positive: not multiplicative
+    assert (PanelTransform.seasonal_factors(seasonal, 1) == 1).all()
+
+
+def test_seasonal_factors_come_from_the_training_part_and_are_aligned_to_each_series(tmp_path):
+    frame = panel_frame(series=3, noise=0.01)
+    data = _panel(tmp_path, frame=frame, deseasonalise=True)
+    data.setup("fit")
+    # Wreck every validation and test value: the factors must not move.
+    wrecked = frame.copy()
+    for name, rows in wrecked.groupby("id").groups.items():
+        wrecked.loc[rows[-12:], "value"] = np.random.default_rng(1).uniform(1, 500, 12)
+    (tmp_path / "wrecked").mkdir()
+    other = _panel(tmp_path / "wrecked", frame=wrecked, deseasonalise=True)
+    other.setup("fit")
+    torch.testing.assert_close(data.buffer["season"], other.buffer["season"])
+    for series, offset in zip(data.series, data.offsets):
+        history = series.values[: data.spans(series)[0]]
+        factors = torch.from_numpy(PanelTransform.seasonal_factors(history, 12))
+        n = len(series.values) + data.horizon
+        torch.testing.assert_close(data.buffer["season"][offset : offset + n], factors[torch.arange(n) % 12])
+        assert (data.buffer["season"][offset - data.window : offset] == 1).all()  # padding
+        # The generating season (panel_frame: a sine of the date), found at each series' own phase.
+        t = 72 - len(series.values) + np.arange(n)
+        truth = 1 + 0.3 * np.sin(2 * np.pi * t / 12)
+        np.testing.assert_allclose(data.buffer["season"][offset : offset + n].numpy(), truth, atol=0.03)
+    batch = data.windows("test").__getitems__([0, 1])
+    assert batch["season"].shape == (2, data.window + data.horizon)
+    (tmp_path / "plain").mkdir()
+    plain = _panel(tmp_path / "plain", frame=frame)
+    plain.setup("fit")
+    assert "season" not in plain.buffer and "season" not in plain.windows("test").__getitems__([0])
+
+
+def test_a_deseasonalised_forecast_is_the_adjusted_series_forecast_times_the_horizons_factors(tmp_path):
+    data = _panel(tmp_path, deseasonalise=True, log=True)
+    data.setup("fit")
+    torch.manual_seed(0)
+    model = GlobalForecaster(partial(GRU, hidden_size=8), window=24, horizon=6).eval()
+    model.preprocessor = data.preprocessor
+    batch = data.windows("test").__getitems__(list(range(len(data.series))))
+    season = batch["season"]
+    adjusted = {k: v for k, v in batch.items() if k != "season"}
+    adjusted["context"] = batch["context"] / season[:, :24]
+    with torch.no_grad():
+        seasonal, plain = model.forecast(batch), model.forecast(adjusted)
+    torch.testing.assert_close(seasonal.quantiles, plain.quantiles * season[:, 24:, None])
+    torch.testing.assert_close(seasonal.point, plain.point * season[:, 24:])
+    assert not torch.allclose(seasonal.point, plain.point)  # the factors are not all ones
+
+
+def test_deseasonalising_travels_with_the_checkpoint_through_main(in_tmp):
+    panel_frame(series=4).to_csv(in_tmp / "panel.csv", index=False)
+    args = ["--config", str(CONFIGS / "m3_lstm.yaml"), "--data.source", "panel.csv", "--data.window", "24",
+            "--data.horizon", "6", "--model.backbone.init_args.hidden_size", "8", *QUIET]
+    main(["fit", *args, "--trainer.max_epochs", "1", "--data.deseasonalise", "true"])
+    ckpt = in_tmp / "lightning_logs" / "m3_lstm" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["preprocessor"]["state"]["season"] is True
+    main(["predict", *args, "--ckpt_path", str(ckpt), "--output", "forecast.csv"])  # no flag: the checkpoint's
+    model = GlobalForecaster.load_from_checkpoint(ckpt).eval()
+    data = PanelDataModule("panel.csv", window=24, horizon=6)
+    data.preprocessor = model.preprocessor
+    data.setup("predict")
+    batch = data.windows("predict").__getitems__([0])
+    assert "season" in batch
+    with torch.no_grad():
+        expected = model.forecast(batch).point[0]
+    with open("forecast.csv") as f:
+        written = [float(r["forecast"]) for r in csv.DictReader(f) if r["id"] == "s0"]
+    np.testing.assert_allclose(written, expected.numpy(), rtol=1e-4)
+    # Served as a graph, the factors are an input beside the context.
+    import onnxruntime as ort
+
+    main(["export", *args, "--ckpt_path", str(ckpt), "--format", "onnx", "--output", "m.onnx"])
+    context = torch.where(batch["observed"] > 0, batch["context"], torch.tensor(float("nan")))
+    served = ort.InferenceSession("m.onnx").run(None, {"context": context.numpy(), "season": batch["season"].numpy()})[0]
+    np.testing.assert_allclose(served, model.forecast(batch).quantiles.detach().numpy(), rtol=1e-4)

@@ -26,6 +26,14 @@ class Forecast(NamedTuple):
     mean: Tensor | None = None
     std: Tensor | None = None
 
+    def times(self, factors: Tensor | None) -> Forecast:
+        """The forecasts multiplied by ``factors (B, H)`` (seasonal factors; None: unchanged)."""
+        if factors is None:
+            return self
+        return Forecast(self.point * factors, self.quantiles * factors.unsqueeze(-1),
+                        None if self.mean is None else self.mean * factors,
+                        None if self.std is None else self.std * factors)
+
 
 class GlobalForecaster(PreprocessedTask):
     """A recurrent forecaster trained across many series at once (DeepAR's recipe), giving
@@ -173,6 +181,10 @@ class GlobalForecaster(PreprocessedTask):
 
     def forecast(self, batch: dict[str, Tensor]) -> Forecast:
         """The batch's forecasts in the series' units (``batch`` as the panel data module gives it)."""
+        batch, season = PanelTransform.seasonally_adjusted(batch)
+        return self._adjusted_forecast(batch).times(season)
+
+    def _adjusted_forecast(self, batch: dict[str, Tensor]) -> Forecast:
         scale = PanelTransform.scale(batch["context"], batch["observed"])
         if self.hparams.mode == "direct":
             return self._direct_forecast(self._direct(batch, scale), scale)
@@ -199,6 +211,10 @@ class GlobalForecaster(PreprocessedTask):
     # -- steps -------------------------------------------------------------------------------------
 
     def _training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        batch, _ = PanelTransform.seasonally_adjusted(batch)
+        return self._adjusted_loss(batch)
+
+    def _adjusted_loss(self, batch: dict[str, Tensor]) -> Tensor:
         scale = PanelTransform.scale(batch["context"], batch["observed"])
         target = self.transform.normalise(batch["target"], scale)
         if self.hparams.mode == "direct":
@@ -211,13 +227,14 @@ class GlobalForecaster(PreprocessedTask):
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str, metrics: ForecastMetrics) -> None:
+        adjusted, season = PanelTransform.seasonally_adjusted(batch)
         if self.hparams.mode == "direct":  # one pass gives both the loss and the forecast
-            scale = PanelTransform.scale(batch["context"], batch["observed"])
-            parameters = self._direct(batch, scale)
-            loss = self._loss(parameters, self.transform.normalise(batch["target"], scale))
-            forecast = self._direct_forecast(parameters, scale)
+            scale = PanelTransform.scale(adjusted["context"], adjusted["observed"])
+            parameters = self._direct(adjusted, scale)
+            loss = self._loss(parameters, self.transform.normalise(adjusted["target"], scale))
+            forecast = self._direct_forecast(parameters, scale).times(season)
         else:
-            loss, forecast = self._training_loss(batch), self.forecast(batch)
+            loss, forecast = self._adjusted_loss(adjusted), self._adjusted_forecast(adjusted).times(season)
         self.log(f"{split}/loss", loss, batch_size=len(batch["target"]), sync_dist=True)
         update_metrics(metrics, batch, forecast, self.levels)
 
