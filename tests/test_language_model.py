@@ -1,6 +1,7 @@
 """The word language model pretrained on reviews, and the classifier it initialises (issue 13)."""
 
 import math
+import warnings
 
 import lightning as L
 import numpy as np
@@ -193,3 +194,23 @@ def test_predict_with_a_language_model_says_what_to_do_instead(pretrained, revie
 def test_a_missing_language_model_checkpoint_is_one_clear_error(reviews):
     with pytest.raises(SystemExit, match="error: model.init_from: Checkpoint .*absent.ckpt does not exist.*imdb_lm.yaml"):
         main(["fit", *_classifier_args(reviews, 8, "--model.init_from", str(reviews / "absent.ckpt"))])
+
+
+def test_a_backward_model_can_learn_to_read_the_forward_models_fixed_word_vectors(pretrained, reviews):
+    """The bidirectional classifier shares one embedding, the forward model's: a backward model trained on
+    those vectors (kept fixed) is the one whose LSTM fits it, and one that learnt its own is warned about."""
+    runs = reviews / "runs"
+    main(["fit", *CONFIGS_LM, *_lm_args(reviews), "--data.reverse", "true", "--run_name", "lm_backward_shared",
+          "--trainer.default_root_dir", str(runs), "--model.embedding_from", str(pretrained[0]),
+          "--model.tie_weights", "false"])
+    shared = runs / "lightning_logs" / "lm_backward_shared" / "version_0" / "checkpoints" / "last.ckpt"
+    forward, backward = (WordLanguageModel.load_from_checkpoint(p) for p in (pretrained[0], shared))
+    assert torch.equal(backward.embedding_weight(), forward.embedding_weight())  # copied, and fixed in training
+    lm_tokenizer = forward.preprocessor
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _classifier(lm_tokenizer).initialise_from(str(pretrained[0]), str(shared))
+    with pytest.warns(UserWarning, match="reads other word vectors"):
+        _classifier(lm_tokenizer).initialise_from(str(pretrained[0]), str(pretrained[1]))
+    with pytest.raises(InputError, match="set model.tie_weights false"):
+        WordLanguageModel(60, lambda n: LSTM(n, 8), embedding_dim=8, embedding_from=str(pretrained[0]))

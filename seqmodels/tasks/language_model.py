@@ -43,13 +43,21 @@ class WordLanguageModel(StreamedLanguageModel):
         cutoffs: where the adaptive softmax's clusters start; cutoffs at or past ``vocab_size`` are
             dropped (tiny vocabularies get a plain softmax).
         tie_weights: share the input and output word vectors (see above).
+        embedding_from: another language model's checkpoint whose input word vectors this model
+            reads, fixed (``fit`` of a new run copies them; needs ``tie_weights: false``). For the
+            backward model of a bidirectional classifier: the classifier has one embedding, the
+            forward model's, so the backward model must learn to read those vectors too.
     """
 
     def __init__(self, vocab_size: int, backbone: Callable[[int], Backbone], embedding_dim: int = 128,
-                 dropout: float = 0.1, cutoffs: Sequence[int] = (2_000, 10_000), tie_weights: bool = True) -> None:
+                 dropout: float = 0.1, cutoffs: Sequence[int] = (2_000, 10_000), tie_weights: bool = True,
+                 embedding_from: str | None = None) -> None:
         super().__init__()
         if list(cutoffs) != sorted(set(cutoffs)) or any(c < 1 for c in cutoffs):
             raise InvalidInputError(f"cutoffs must be increasing positive integers, got {list(cutoffs)}.")
+        if embedding_from and tie_weights:
+            raise InvalidInputError("embedding_from keeps the copied word vectors fixed, but tie_weights true would make "
+                                    "them the output layer too: set model.tie_weights false.")
         self.save_hyperparameters()
         self.backbone = backbone(embedding_dim)
         if self.backbone.num_directions != 1:
@@ -62,10 +70,25 @@ class WordLanguageModel(StreamedLanguageModel):
         self.output = nn.AdaptiveLogSoftmaxWithLoss(features, vocab_size, kept or [vocab_size - 1],
                                                     div_value=1.0 if tie_weights else 4.0)
         self.embedding = None if tie_weights else nn.Embedding(vocab_size, embedding_dim)
+        if embedding_from:
+            self.embedding.weight.requires_grad_(False)
         self.nll = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def check_preprocessor(self, preprocessor: WordTokenizer) -> None:
         self.check_word_tokenizer(preprocessor, "IMDBLanguageModelDataModule")
+
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a checkpoint's weights, so a resumed run keeps its own.
+        if stage == "fit" and self.hparams.embedding_from:
+            vectors = language_model_weights(self.hparams.embedding_from, self.require_preprocessor(),
+                                             "embedding_from")["embedding"]
+            if vectors.shape != self.embedding.weight.shape:
+                raise InvalidInputError(
+                    f"The language model {self.hparams.embedding_from} has word vectors of shape "
+                    f"{tuple(vectors.shape)}, this model's embedding is {tuple(self.embedding.weight.shape)}: use its "
+                    "embedding_dim and the same vocab_size.")
+            with torch.no_grad():
+                self.embedding.weight.copy_(vectors)
 
     def embedding_weight(self) -> Tensor:
         """The ``(vocab_size, embedding_dim)`` table that embeds the input words."""
@@ -117,6 +140,32 @@ def tied_embedding(head: Tensor, cluster_weights: Sequence[Tensor], shortlist: i
     """The input embedding of a tied adaptive softmax: the shortlist's rows of the head, then each
     cluster's word vectors, in id order."""
     return torch.cat([head[:shortlist], *cluster_weights])
+
+
+def language_model_weights(path: str, tokenizer: WordTokenizer, option: str) -> dict[str, Tensor]:
+    """A :class:`WordLanguageModel` checkpoint's backbone weights (by their backbone names) and its
+    input embedding (``"embedding"``), after checking that it reads the same words as ``tokenizer``;
+    ``option`` names the setting that asked for it, for the error messages."""
+    from seqmodels.checkpoints import load_checkpoint
+    from seqmodels.preprocessing import from_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "cutoffs" not in hparams or "preprocessor" not in checkpoint:
+        raise InvalidInputError(f"{path} is not a WordLanguageModel checkpoint (pretrain one with "
+                                f"configs/imdb_lm.yaml); {option} needs its embedding, backbone and tokenizer.")
+    theirs = from_checkpoint(checkpoint["preprocessor"]).vocabulary()
+    ours = tokenizer.vocabulary()
+    if theirs != ours:
+        differing = sorted(set(theirs.items()) ^ set(ours.items()))[:3]
+        raise InvalidInputError(
+            f"The language model {path} was trained with another vocabulary ({len(theirs):,} tokens; this model's "
+            f"tokenizer has {len(ours):,}; e.g. {differing}). Its word vectors would land on the wrong words. "
+            f"Train through the CLI with --model.{option} (the data is then read with the language model's "
+            "tokenizer), or use the same data settings (data_dir, vocab_size, val_size, seed).")
+    state = checkpoint["state_dict"]
+    weights = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return {**weights, "embedding": embedding_from_state(state, hparams)}
 
 
 def embedding_from_state(state: Mapping[str, Tensor], hparams: Mapping) -> Tensor:
