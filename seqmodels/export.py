@@ -85,14 +85,12 @@ class PanelGraph(nn.Module):
         self.backbone, self.head, self.highway = _native(model.backbone), model.head, model.highway
         self.likelihood, self.horizon = model.hparams.likelihood, model.hparams.horizon
         self.transform: PanelTransform = model.transform
-        self.covariates = bool(model.hparams.past_features or model.hparams.future_features)
         self.register_buffer("levels", model.levels.clone())
 
-    def forward(self, context: Tensor, *more: Tensor) -> Tensor:
-        """``context``, then ``past`` and ``future`` where the model reads covariates, then ``season``
-        ``(batch, window + horizon)``, each step's seasonal factor, where it was trained deseasonalised."""
-        past, future = more[:2] if self.covariates else (None, None)
-        season = more[-1] if self.transform.season else None
+    def forward(self, context: Tensor, past: Tensor | None = None, future: Tensor | None = None,
+                season: Tensor | None = None) -> Tensor:
+        """``season (batch, window + horizon)``: each step's seasonal factor, for a model trained
+        deseasonalised."""
         batch, window = context.shape
         if season is not None:
             context = context / season[:, :window]
@@ -108,6 +106,18 @@ class PanelGraph(nn.Module):
         parameters = distribution(raw, self.likelihood, self.levels)
         quantiles = self.transform.denormalise(to_quantiles(parameters, self.likelihood, self.levels), scale.unsqueeze(-1))
         return quantiles if season is None else quantiles * season[:, window:, None]
+
+
+class SeasonalPanelGraph(nn.Module):
+    """A deseasonalised model without covariates: its inputs are ``context`` and ``season`` alone
+    (the exporters name a graph's inputs after ``forward``'s parameters)."""
+
+    def __init__(self, graph: PanelGraph) -> None:
+        super().__init__()
+        self.panel = graph  # not ``graph``: an exported program's module has a ``graph`` of its own
+
+    def forward(self, context: Tensor, season: Tensor) -> Tensor:
+        return self.panel(context, season=season)
 
 
 class CharGraph(nn.Module):
@@ -151,11 +161,14 @@ def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], lis
                         torch.randn(2, hp.window + hp.horizon, hp.future_features, generator=generator)]
             names += ["past", "future"]
             axes.update({"past": {0: "batch"}, "future": {0: "batch"}})
+        graph = _detached(PanelGraph(model))
         if preprocessor.season:
             example.append(torch.rand(2, hp.window + hp.horizon, generator=generator) + 0.5)
             names.append("season")
             axes["season"] = {0: "batch"}
-        return _detached(PanelGraph(model)), tuple(example), names, ["quantiles"], axes
+            if not (hp.past_features or hp.future_features):
+                graph = SeasonalPanelGraph(graph)
+        return graph, tuple(example), names, ["quantiles"], axes
     if isinstance(model, CharLanguageModel):
         backbone = model.backbone
         shape = (backbone.num_layers, 2, backbone.hidden_size)

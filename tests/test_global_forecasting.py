@@ -312,7 +312,8 @@ def test_exported_graph_gives_the_checkpoints_quantiles(in_tmp, impl):
     panel_frame(series=4).to_csv(in_tmp / "panel.csv", index=False)
     args = ["--config", str(CONFIGS / "m3_lstm.yaml"), "--data.source", "panel.csv", "--data.window", "24",
             "--data.horizon", "6", "--model.backbone.init_args.hidden_size", "8",
-            "--model.backbone.init_args.impl", impl, "--model.highway", str(impl == "native").lower(), *QUIET]
+            "--model.backbone.init_args.impl", impl, "--model.highway", str(impl == "native").lower(),
+            "--data.deseasonalise", "false", *QUIET]  # with seasonal factors: test_deseasonalising_travels_...
     main(["fit", *args, "--trainer.max_epochs", "1"])
     ckpt = in_tmp / "lightning_logs" / "m3_lstm" / "version_0" / "checkpoints" / "last.ckpt"
     model = GlobalForecaster.load_from_checkpoint(ckpt).eval()
@@ -417,7 +418,11 @@ def test_deseasonalising_travels_with_the_checkpoint_through_main(in_tmp):
     # Served as a graph, the factors are an input beside the context.
     import onnxruntime as ort
 
-    main(["export", *args, "--ckpt_path", str(ckpt), "--format", "onnx", "--output", "m.onnx"])
+    for format, suffix in (("onnx", "onnx"), ("exported-program", "pt2")):
+        main(["export", *args, "--ckpt_path", str(ckpt), "--format", format, "--output", f"m.{suffix}"])
     context = torch.where(batch["observed"] > 0, batch["context"], torch.tensor(float("nan")))
+    expected = model.forecast(batch).quantiles.detach()
     served = ort.InferenceSession("m.onnx").run(None, {"context": context.numpy(), "season": batch["season"].numpy()})[0]
-    np.testing.assert_allclose(served, model.forecast(batch).quantiles.detach().numpy(), rtol=1e-4)
+    np.testing.assert_allclose(served, expected.numpy(), rtol=1e-4)
+    program = torch.export.load("m.pt2").module()
+    torch.testing.assert_close(program(context, batch["season"]), expected, rtol=1e-4, atol=1e-4)
