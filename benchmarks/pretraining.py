@@ -17,6 +17,12 @@ the other (never two at once: on 2 cores they would spoil each other's minutes):
    run's best checkpoint (by ``val/acc``) on the official 25,000 test reviews.
 3. ``--baseline-minutes``: the labels-only ``configs/imdb_lstm.yaml`` given that many minutes of
    training (cosine schedule over the epochs that fit), the honest comparison for the total.
+
+``--ensemble A.ckpt B.ckpt ...`` only scores fine-tuned classifiers and their ensemble (the mean of
+their probabilities) on the validation and test reviews; they must share a tokenizer (fine-tuned
+from the same language model), so that both read every review alike:
+
+    python benchmarks/pretraining.py --ensemble <run>/checkpoints/best-*.ckpt <run2>/checkpoints/best-*.ckpt
 """
 
 from __future__ import annotations
@@ -92,6 +98,52 @@ def train_and_test(config: str, extra: list[str]) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def positive_probabilities(checkpoint: str) -> dict[str, tuple]:
+    """``{"val"|"test": (P(positive) per review, labels)}`` in the evaluation loaders' order (sorted by
+    length, so the same for every classifier with the same tokenizer and reading length)."""
+    import torch
+
+    from datamodules import IMDBDataModule
+    from seqmodels.checkpoints import load_checkpoint
+    from seqmodels.tasks import SequenceClassifier
+
+    model = SequenceClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    data = IMDBDataModule(**load_checkpoint(checkpoint)["datamodule_hyper_parameters"])
+    data.preprocessor = model.require_preprocessor()
+    data.setup("fit")
+    data.setup("test")
+    scored = {}
+    with torch.no_grad():
+        for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
+            probabilities, labels = [], []
+            for batch in loader:
+                probabilities.append(model(batch["input_ids"], batch.get("lengths")).float().softmax(-1)[:, 1])
+                labels.append(batch["labels"])
+            scored[split] = (torch.cat(probabilities), torch.cat(labels))
+    return scored
+
+
+def ensemble(checkpoints: list[str]) -> None:
+    import torch
+
+    members = []
+    for checkpoint in checkpoints:
+        start = time.perf_counter()
+        members.append(positive_probabilities(checkpoint))
+        print(f"# scored {checkpoint} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    for split in ("val", "test"):
+        if any(not torch.equal(m[split][1], members[0][split][1]) for m in members):
+            sys.exit(f"The classifiers read the {split} reviews in different orders: they need one tokenizer.")
+    accuracy = lambda p, y: float(((p > 0.5).long() == y).float().mean())  # noqa: E731
+    print("\n| classifier | val acc | test acc |")
+    print("|---|---:|---:|")
+    for checkpoint, m in zip(checkpoints, members):
+        print(f"| {checkpoint} | {accuracy(*m['val']):.4f} | {accuracy(*m['test']):.4f} |")
+    mean = {split: torch.stack([m[split][0] for m in members]).mean(0) for split in ("val", "test")}
+    print(f"| ensemble of {len(members)} (mean probability) | {accuracy(mean['val'], members[0]['val'][1]):.4f} | "
+          f"{accuracy(mean['test'], members[0]['test'][1]):.4f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="benchmark_runs/pretraining", help="where the runs are written")
@@ -106,10 +158,14 @@ def main() -> None:
                              "--finetune-args=--model.gradual_unfreezing=true; repeat it for more")
     parser.add_argument("--baseline-args", action="append", default=[],
                         help="one more option for the labels-only baseline, as --baseline-args=--data.eval_max_length=null")
+    parser.add_argument("--ensemble", nargs="+", metavar="CKPT",
+                        help="only score these fine-tuned classifiers and the mean of their probabilities")
     parser.add_argument("--lm-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for the pretraining")
     args = parser.parse_args()
     root = (REPO / args.root).resolve()
     print(describe())
+    if args.ensemble:
+        return ensemble(args.ensemble)
 
     if args.lm_run:
         run = Path(args.lm_run).resolve()
