@@ -28,6 +28,7 @@ from the same language model), so that both read every review alike:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -108,7 +109,8 @@ def positive_probabilities(checkpoint: str) -> dict[str, tuple]:
     from seqmodels.tasks import SequenceClassifier
 
     model = SequenceClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    data = IMDBDataModule(**load_checkpoint(checkpoint)["datamodule_hyper_parameters"])
+    settings = load_checkpoint(checkpoint)["datamodule_hyper_parameters"]
+    data = IMDBDataModule(**{k: v for k, v in settings.items() if not k.startswith("_")})  # not _class_path
     data.preprocessor = model.require_preprocessor()
     data.setup("fit")
     data.setup("test")
@@ -137,11 +139,14 @@ def ensemble(checkpoints: list[str]) -> None:
     accuracy = lambda p, y: float(((p > 0.5).long() == y).float().mean())  # noqa: E731
     print("\n| classifier | val acc | test acc |")
     print("|---|---:|---:|")
-    for checkpoint, m in zip(checkpoints, members):
-        print(f"| {checkpoint} | {accuracy(*m['val']):.4f} | {accuracy(*m['test']):.4f} |")
-    mean = {split: torch.stack([m[split][0] for m in members]).mean(0) for split in ("val", "test")}
-    print(f"| ensemble of {len(members)} (mean probability) | {accuracy(mean['val'], members[0]['val'][1]):.4f} | "
-          f"{accuracy(mean['test'], members[0]['test'][1]):.4f} |")
+    for number, (checkpoint, m) in enumerate(zip(checkpoints, members), 1):
+        print(f"| {number}: {checkpoint} | {accuracy(*m['val']):.4f} | {accuracy(*m['test']):.4f} |")
+    labels = {split: members[0][split][1] for split in ("val", "test")}
+    for size in range(2, len(members) + 1):
+        for group in itertools.combinations(range(len(members)), size):
+            mean = {split: torch.stack([members[i][split][0] for i in group]).mean(0) for split in labels}
+            print(f"| mean probability of {', '.join(str(i + 1) for i in group)} | "
+                  f"{accuracy(mean['val'], labels['val']):.4f} | {accuracy(mean['test'], labels['test']):.4f} |")
 
 
 def main() -> None:
