@@ -38,9 +38,19 @@ def rmse(a, b) -> float:
     return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
 
 
+AIRLINE_MODEL = ((0, 1, 1), (0, 1, 1, 12))
+
+
+def sarima(logs: np.ndarray, order, seasonal, fit_end: int):
+    """Seasonal ARIMA fitted on ``logs[:fit_end]``; its ``apply(logs).fittedvalues`` are the one-step
+    forecasts of every month with those parameters, its ``forecast(h)`` the multi-step ones."""
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    return SARIMAX(logs[:fit_end], order=order, seasonal_order=seasonal).fit(disp=False)
+
+
 def baselines(values: np.ndarray, test_start: int) -> list[tuple[str, float, float]]:
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
-    from statsmodels.tsa.statespace.sarimax import SARIMAX
 
     truth = values[test_start:]
     horizon = len(truth)
@@ -65,16 +75,15 @@ def baselines(values: np.ndarray, test_start: int) -> list[tuple[str, float, flo
         rows.append(("Holt-Winters (log)", rmse(one, truth), rmse(multi, truth)))
 
         # SARIMA(0,1,1)(0,1,1)12 on log passengers, the "airline model".
-        model = SARIMAX(logs[:test_start], order=(0, 1, 1), seasonal_order=(0, 1, 1, 12))
-        res = model.fit(disp=False)
+        res = sarima(logs, *AIRLINE_MODEL, test_start)
         multi = np.exp(res.forecast(horizon))
-        one = np.exp(res.append(logs[test_start:]).predict(start=test_start, end=len(values) - 1))
+        one = np.exp(res.apply(logs).fittedvalues[test_start:])
         rows.append(("SARIMA(0,1,1)(0,1,1)12 (log)", rmse(one, truth), rmse(multi, truth)))
     return rows
 
 
 # Seasonal ARIMA orders around the airline model, for --hindsight.
-ORDERS = [((0, 1, 1), (0, 1, 1, 12)), ((1, 1, 0), (0, 1, 1, 12)), ((0, 1, 1), (1, 1, 1, 12)),
+ORDERS = [AIRLINE_MODEL, ((1, 1, 0), (0, 1, 1, 12)), ((0, 1, 1), (1, 1, 1, 12)),
           ((2, 1, 1), (0, 1, 1, 12)), ((1, 1, 1), (1, 1, 1, 12))]
 
 
@@ -83,14 +92,8 @@ def hindsight(values: np.ndarray, val_start: int, test_start: int) -> list[tuple
     parameters estimated three ways (validation RMSE when fitted before the validation year, test RMSE
     when fitted before the test, test RMSE when fitted on every month *including the test*). The last
     column has seen the answers, so it is a floor for the model class, not a forecast."""
-    from statsmodels.tsa.statespace.sarimax import SARIMAX
-
     logs = np.log(values)
-
-    def one_step(order, seasonal, fit_end: int) -> np.ndarray:
-        res = SARIMAX(logs[:fit_end], order=order, seasonal_order=seasonal).fit(disp=False)
-        return np.exp(res.apply(logs).fittedvalues)  # the same parameters filtered over the whole series
-
+    one_step = lambda order, seasonal, end: np.exp(sarima(logs, order, seasonal, end).apply(logs).fittedvalues)  # noqa: E731
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -112,8 +112,7 @@ def positive_probabilities(checkpoint: str) -> dict[str, tuple]:
     settings = load_checkpoint(checkpoint)["datamodule_hyper_parameters"]
     data = IMDBDataModule(**{k: v for k, v in settings.items() if not k.startswith("_")})  # not _class_path
     data.preprocessor = model.require_preprocessor()
-    data.setup("fit")
-    data.setup("test")
+    data.setup("fit")  # encodes the test split too
     scored = {}
     with torch.no_grad():
         for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
