@@ -20,7 +20,9 @@ the other (never two at once: on 2 cores they would spoil each other's minutes):
 
 ``--ensemble A.ckpt B.ckpt ...`` only scores fine-tuned classifiers and their ensemble (the mean of
 their probabilities) on the validation and test reviews; they must share a tokenizer (fine-tuned
-from the same language model), so that both read every review alike:
+from the same language model), so that both read every review alike. Each member's probabilities are
+kept under ``<root>/ensemble_scores`` (keyed by the checkpoint's path, size and time), so another
+group of the same members is scored in seconds:
 
     python benchmarks/pretraining.py --ensemble <run>/checkpoints/best-*.ckpt <run2>/checkpoints/best-*.ckpt
 """
@@ -28,6 +30,7 @@ from the same language model), so that both read every review alike:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import resource
@@ -124,13 +127,23 @@ def positive_probabilities(checkpoint: str) -> dict[str, tuple]:
     return scored
 
 
-def ensemble(checkpoints: list[str]) -> None:
+def ensemble(checkpoints: list[str], cache: Path) -> None:
     import torch
 
     members = []
     for checkpoint in checkpoints:
+        # Scoring a member takes minutes; its probabilities are kept, keyed by the file's content
+        # stamp, so trying another group of members costs nothing for those already scored.
+        stat = Path(checkpoint).stat()
+        stamp = hashlib.sha256(f"{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        cached = cache / f"{stamp}.pt"
+        if cached.exists():
+            members.append(torch.load(cached))
+            continue
         start = time.perf_counter()
         members.append(positive_probabilities(checkpoint))
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(members[-1], cached)
         print(f"# scored {checkpoint} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     for split in ("val", "test"):
         if any(not torch.equal(m[split][1], members[0][split][1]) for m in members):
@@ -169,7 +182,7 @@ def main() -> None:
     root = (REPO / args.root).resolve()
     print(describe())
     if args.ensemble:
-        return ensemble(args.ensemble)
+        return ensemble(args.ensemble, root / "ensemble_scores")
 
     if args.lm_run:
         run = Path(args.lm_run).resolve()
