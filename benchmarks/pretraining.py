@@ -108,12 +108,10 @@ def positive_probabilities(checkpoint: str) -> dict[str, tuple]:
     import torch
 
     from datamodules import IMDBDataModule
-    from seqmodels.checkpoints import load_checkpoint
     from seqmodels.tasks import SequenceClassifier
 
     model = SequenceClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    settings = load_checkpoint(checkpoint)["datamodule_hyper_parameters"]
-    data = IMDBDataModule(**{k: v for k, v in settings.items() if not k.startswith("_")})  # not _class_path
+    data = IMDBDataModule.load_from_checkpoint(checkpoint)
     data.preprocessor = model.require_preprocessor()
     data.setup("fit")  # encodes the test split too
     scored = {}
@@ -132,8 +130,8 @@ def ensemble(checkpoints: list[str], cache: Path) -> None:
 
     members = []
     for checkpoint in checkpoints:
-        # Scoring a member takes minutes; its probabilities are kept, keyed by the file's content
-        # stamp, so trying another group of members costs nothing for those already scored.
+        # Scoring a member takes minutes; its probabilities are kept, keyed by the file's path, size
+        # and time, so trying another group of members costs nothing for those already scored.
         stat = Path(checkpoint).stat()
         stamp = hashlib.sha256(f"{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         cached = cache / f"{stamp}.pt"
