@@ -323,14 +323,20 @@ class SeqCLI(LightningCLI):
         """A checkpoint's preprocessing goes to the data module as it is built, before sizes are
         linked from it, so nothing has to be fitted on (or even read from) the training data."""
         checkpoint = self._checkpoint
-        if checkpoint is None:
+        init_args = self._active(self.config)["model"].get("init_args") or {}
+        if checkpoint is None and init_args.get("init_from"):
             # A classifier fine-tuned from a pretrained language model reads the data with its tokenizer.
-            init_from = (self._active(self.config)["model"].get("init_args") or {}).get("init_from")
             try:
-                checkpoint = load_checkpoint(init_from) if init_from else None
+                checkpoint = load_checkpoint(init_args["init_from"])
             except CheckpointError as error:
                 raise CheckpointError(f"model.init_from: {error} For init_from, give a language model's checkpoint "
                                       "(python main.py fit --config configs/imdb_lm.yaml writes one).") from None
+        elif checkpoint is None and init_args.get("checkpoints"):
+            # An ensemble reads the data with its members' tokenizer (it checks that they share one).
+            try:
+                checkpoint = load_checkpoint(init_args["checkpoints"][0])
+            except CheckpointError as error:
+                raise CheckpointError(f"model.checkpoints: {error}") from None
         if checkpoint is None or "preprocessor" not in checkpoint:
             return
         preprocessor = from_checkpoint(checkpoint["preprocessor"])
@@ -462,6 +468,11 @@ class SeqCLI(LightningCLI):
                 "predict. Use fit, validate or test.")
 
     def before_fit(self) -> None:
+        if not is_overridden("training_step", self.model, L.LightningModule):
+            raise InvalidInputError(
+                f"{type(self.model).__name__} is not trained with fit (it has no training step): it combines models "
+                "that are already trained. Train those with fit first, then run validate, test or predict with "
+                "this config.")
         self._check_checkpoint()
         # hparams.yaml records the model's and data's arguments; add the rest of the experiment.
         if self.trainer.logger is not None:

@@ -48,12 +48,91 @@ def pool(outputs: Tensor, state, lengths: Tensor | None, how: Pooling, num_direc
     return outputs.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)
 
 
-class SequenceClassifier(PreprocessedTask):
+class Classifications:
+    """What a classifier does with its logits: validation and test metrics, ``predict``'s records and
+    :meth:`classify` on raw text. Shared by :class:`SequenceClassifier` and
+    :class:`~seqmodels.tasks.ClassifierEnsemble`; the class provides ``forward(input_ids, lengths)
+    -> logits``, ``labels`` and a :class:`~seqmodels.preprocessing.WordTokenizer` preprocessor.
+
+    Metrics for val and test: accuracy, F1 (macro) and AUROC, logged as ``val/acc``, ``val/f1``,
+    ``val/auroc``, ``test/acc``, ...
+    """
+
+    labels: list[str]
+
+    def _add_metrics(self, num_classes: int) -> None:
+        metrics = MetricCollection({
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+            "auroc": MulticlassAUROC(num_classes),
+        })
+        self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
+
+    def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        logits = self(batch["input_ids"], batch.get("lengths")).float()
+        return F.cross_entropy(logits, batch["labels"]), logits
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str, metrics: MetricCollection) -> None:
+        loss, logits = self._step(batch)
+        metrics.update(logits.softmax(-1), batch["labels"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(logits), sync_dist=True)
+        self.log_dict(metrics, prog_bar=stage == "val", batch_size=len(logits))
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def _records(self, logits: Tensor, texts: Sequence[str]) -> list[dict[str, Any]]:
+        probabilities = logits.float().softmax(-1).cpu()
+        confidence, label = probabilities.max(-1)
+        return [{"text": text, "label": self.labels[int(k)], "probability": round(float(p), 6)}
+                for text, k, p in zip(texts, label, confidence)]
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """``{"index", "text", "label", "probability"}`` per review; ``probability`` is the predicted class's."""
+        logits = self(batch["input_ids"], batch.get("lengths"))
+        records = self._records(logits, batch["text"])
+        for record, index in zip(records, batch["index"].tolist()):
+            record["index"] = index
+        return records
+
+    # -- raw text in, labels out -------------------------------------------------------------
+
+    @torch.no_grad()
+    def classify(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """``[{"text", "label", "probability"}]`` for raw texts, in their order.
+
+        Reads them as evaluation does (the tokenizer's ``eval_max_length`` and padding side),
+        in batches of similar length, so it gives ``predict``'s and ``test``'s numbers.
+        An empty text still gets a prediction (from the backbone reading one padding token).
+        """
+        tokenizer = self.require_preprocessor()
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        ids = tokenizer.encode(texts)
+        lengths = [len(tokenizer.truncate(i, training=False)) for i in ids]
+        order = np.argsort(lengths, kind="stable")
+        was_training = self.training
+        self.eval()
+        results: list[dict[str, Any] | None] = [None] * len(texts)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start: start + batch_size]
+            batch = tokenizer.collate([ids[i] for i in rows], training=False)
+            logits = self(batch["input_ids"].to(self.device), batch.get("lengths"))
+            for row, record in zip(rows, self._records(logits, [texts[i] for i in rows])):
+                results[row] = record
+        self.train(was_training)
+        return results
+
+
+class SequenceClassifier(Classifications, PreprocessedTask):
     """Embedding -> recurrent backbone -> pooling -> dropout -> linear head -> logits.
 
-    The loss is cross-entropy on logits (log-softmax inside, numerically stable). Metrics for
-    val and test: accuracy, F1 (macro) and AUROC, logged as ``val/acc``, ``val/f1``,
-    ``val/auroc``, ``test/acc``, ...
+    The loss is cross-entropy on logits (log-softmax inside, numerically stable). Metrics, predict's
+    records and :meth:`classify`: :class:`Classifications`.
 
     Batches are dicts: ``input_ids`` ``(batch, time)`` (0 is padding), optional ``lengths``
     ``(batch,)`` (right padding; without them every position is read), ``labels``; predict
@@ -122,12 +201,7 @@ class SequenceClassifier(PreprocessedTask):
         self.backbone = backbone(embedding_dim)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.output_size * (3 if pooling == "concat" else 1), num_classes)
-        metrics = MetricCollection({
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-            "auroc": MulticlassAUROC(num_classes),
-        })
-        self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
+        self._add_metrics(num_classes)
 
     def check_preprocessor(self, preprocessor: WordTokenizer) -> None:
         self.check_word_tokenizer(preprocessor, "the IMDB data module")
@@ -236,66 +310,7 @@ class SequenceClassifier(PreprocessedTask):
         pooled = pool(outputs, state, lengths, self.hparams.pooling, self.backbone.num_directions)
         return self.head(self.dropout(pooled))
 
-    def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = self(batch["input_ids"], batch.get("lengths")).float()
-        return F.cross_entropy(logits, batch["labels"]), logits
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self._step(batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
-
-    def _evaluate(self, batch: dict[str, Tensor], stage: str, metrics: MetricCollection) -> None:
-        loss, logits = self._step(batch)
-        metrics.update(logits.softmax(-1), batch["labels"])
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(logits), sync_dist=True)
-        self.log_dict(metrics, prog_bar=stage == "val", batch_size=len(logits))
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics)
-
-    def _records(self, logits: Tensor, texts: Sequence[str]) -> list[dict[str, Any]]:
-        probabilities = logits.float().softmax(-1).cpu()
-        confidence, label = probabilities.max(-1)
-        return [{"text": text, "label": self.labels[int(k)], "probability": round(float(p), 6)}
-                for text, k, p in zip(texts, label, confidence)]
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """``{"index", "text", "label", "probability"}`` per review; ``probability`` is the predicted class's."""
-        logits = self(batch["input_ids"], batch.get("lengths"))
-        records = self._records(logits, batch["text"])
-        for record, index in zip(records, batch["index"].tolist()):
-            record["index"] = index
-        return records
-
-    # -- raw text in, labels out -------------------------------------------------------------
-
-    @torch.no_grad()
-    def classify(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        """``[{"text", "label", "probability"}]`` for raw texts, in their order.
-
-        Reads them as evaluation does (the tokenizer's ``eval_max_length`` and padding side),
-        in batches of similar length, so it gives ``predict``'s and ``test``'s numbers.
-        An empty text still gets a prediction (from the backbone reading one padding token).
-        """
-        tokenizer = self.require_preprocessor()
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        ids = tokenizer.encode(texts)
-        lengths = [len(tokenizer.truncate(i, training=False)) for i in ids]
-        order = np.argsort(lengths, kind="stable")
-        was_training = self.training
-        self.eval()
-        results: list[dict[str, Any] | None] = [None] * len(texts)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start: start + batch_size]
-            batch = tokenizer.collate([ids[i] for i in rows], training=False)
-            logits = self(batch["input_ids"].to(self.device), batch.get("lengths"))
-            for row, record in zip(rows, self._records(logits, [texts[i] for i in rows])):
-                results[row] = record
-        self.train(was_training)
-        return results

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+import torch
+
+from datamodules.imdb import IMDBDataModule
+from seqmodels.checkpoints import CheckpointError
+from seqmodels.cli import SeqCLI, main
+from seqmodels.errors import InvalidInputError
+from seqmodels.tasks import ClassifierEnsemble, SequenceClassifier
+
+from .conftest import CONFIGS
+from .helpers import QUIET, fake_reviews, write_imdb
+
+
+def _data_args(root):
+    return ["--data.data_dir", str(root), "--data.cache_dir", str(root / "cache"), "--data.val_size", "16",
+            "--data.batch_size", "8", "--data.vocab_size", "60"]
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    """Three tiny trained classifiers: two that share a tokenizer (seeds 0 and 1), and one whose
+    tokenizer has another vocabulary."""
+    root = tmp_path_factory.mktemp("ensemble")
+    write_imdb(root / "data")
+    write_imdb(root / "other_data", train=fake_reviews(80, 0, extra_word="zzonlyinother"))
+    paths = {}
+    for name, seed, data in (("a", 0, "data"), ("b", 1, "data"), ("other", 0, "other_data")):
+        main(["fit", "--config", str(CONFIGS / "imdb_lstm.yaml"), *_data_args(root / data),
+              "--model.embedding_dim", "8", "--model.backbone.init_args.hidden_size", "8", "--model.dropout", "0.3",
+              "--trainer.max_epochs", "2", "--seed_everything", str(seed), "--run_name", name,
+              "--trainer.default_root_dir", str(root), *QUIET])
+        paths[name] = str(root / "lightning_logs" / name / "version_0" / "checkpoints" / "last.ckpt")
+    return root, paths
+
+
+def _ensemble_args(root, checkpoints):
+    return ["--config", str(CONFIGS / "imdb_ensemble.yaml"), "--model.checkpoints", json.dumps(checkpoints),
+            *_data_args(root / "data"), "--trainer.default_root_dir", str(root / "evaluations"), *QUIET]
+
+
+def _mean_probabilities(paths, loader):
+    members = [SequenceClassifier.load_from_checkpoint(p).eval() for p in paths]
+    with torch.no_grad():
+        return torch.cat([torch.stack([m(b["input_ids"], b.get("lengths")).softmax(-1) for m in members]).mean(0)
+                          for b in loader])
+
+
+def test_test_and_predict_score_the_mean_of_the_members_probabilities(members, tmp_path):
+    root, paths = members
+    checkpoints = [paths["a"], paths["b"]]
+    cli = SeqCLI(args=_ensemble_args(root, checkpoints), run=False)
+    assert cli.datamodule.preprocessor.vocabulary() == cli.model.members[0].preprocessor.vocabulary()
+    metrics = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+
+    data = IMDBDataModule(data_dir=str(root / "data"), cache_dir=str(root / "cache"), val_size=16, batch_size=8,
+                          vocab_size=60)
+    data.preprocessor = SequenceClassifier.load_from_checkpoint(paths["a"]).preprocessor
+    data.setup("test")
+    mean = _mean_probabilities(checkpoints, data.test_dataloader())
+    labels = torch.cat([b["labels"] for b in data.test_dataloader()])
+    assert metrics["test/acc"] == pytest.approx(float((mean.argmax(-1) == labels).float().mean()), abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(float(torch.nn.functional.nll_loss(mean.log(), labels)), rel=1e-5)
+    singles = [SeqCLI(args=["--config", str(CONFIGS / "imdb_lstm.yaml"), *_data_args(root / "data"),
+                            "--model.embedding_dim", "8", "--model.backbone.init_args.hidden_size", "8",
+                            "--trainer.default_root_dir", str(tmp_path), *QUIET],
+                      run=False) for _ in checkpoints]
+    assert len({round(metrics["test/loss"], 6)} | {
+        round(cli_.trainer.test(cli_.model, cli_.datamodule, ckpt_path=p, verbose=False)[0]["test/loss"], 6)
+        for cli_, p in zip(singles, checkpoints)}) == 3  # the ensemble is neither member
+
+    reviews = tmp_path / "reviews.txt"
+    texts = fake_reviews(6, 5)["text"].tolist()
+    reviews.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "predictions.jsonl"
+    main(["predict", *_ensemble_args(root, checkpoints), "--data.predict_path", str(reviews), "--output", str(out)])
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in records] == texts
+    ensemble = ClassifierEnsemble(checkpoints)
+    assert [{k: r[k] for k in ("text", "label", "probability")} for r in records] == ensemble.classify(texts)
+    data.hparams.predict_path = str(reviews)
+    data.setup("predict")
+    by_index = {}
+    for batch in data.predict_dataloader():
+        for index, row in zip(batch["index"].tolist(), _mean_probabilities(checkpoints, [batch])):
+            by_index[index] = row
+    assert [r["probability"] for r in records] == [round(float(by_index[i].max()), 6) for i in range(len(texts))]
+
+
+def test_members_that_read_text_differently_are_refused(members):
+    _, paths = members
+    with pytest.raises(InvalidInputError, match="different tokenizers"):
+        ClassifierEnsemble([paths["a"], paths["other"]])
+
+
+def test_bad_member_lists_are_clear_errors(members, tmp_path):
+    root, paths = members
+    with pytest.raises(InvalidInputError, match="two or more"):
+        ClassifierEnsemble([paths["a"]])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ClassifierEnsemble([paths["a"], str(tmp_path / "missing.ckpt")])
+    checkpoint = torch.load(paths["a"], weights_only=True)
+    checkpoint["hyper_parameters"]["_class_path"] = "seqmodels.tasks.Forecaster"
+    torch.save(checkpoint, tmp_path / "forecaster.ckpt")
+    with pytest.raises(CheckpointError, match="not a SequenceClassifier checkpoint"):
+        ClassifierEnsemble([paths["a"], str(tmp_path / "forecaster.ckpt")])
+    runs = root / "evaluations" / "lightning_logs" / "imdb_ensemble"
+    before = sorted(runs.glob("version_*"))
+    with pytest.raises(SystemExit, match="ClassifierEnsemble is not trained with fit"):
+        main(["fit", *_ensemble_args(root, [paths["a"], paths["b"]])])
+    assert sorted(runs.glob("version_*")) == before  # no empty run left behind
+    with pytest.raises(SystemExit, match="error: model.checkpoints: Checkpoint .*missing.ckpt does not exist"):
+        main(["test", *_ensemble_args(root, [str(tmp_path / "missing.ckpt"), paths["a"]])])
