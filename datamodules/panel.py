@@ -348,6 +348,10 @@ class PanelDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.series is not None:
+            # Read once; but predict's seasonal factors come from the whole history, the other stages'
+            # from the training part, so a module set up for one and then the other rebuilds its windows.
+            if (stage == "predict") != self._buffer_for_predict:
+                self._build_buffer(stage)
             return
         self.series = self._read()
         self._dates_period = self._period_of_dates()
@@ -394,6 +398,7 @@ class PanelDataModule(L.LightningDataModule):
         self._build_buffer(stage)
 
     def _build_buffer(self, stage: str | None) -> None:
+        self._buffer_for_predict = stage == "predict"
         """All series end to end, each after ``window`` padding steps and followed by ``horizon``
         steps of room for the forecast (its known-future covariates, where given); with seasonal
         adjustment, each step's seasonal factor beside it (1 in the padding)."""

@@ -1,16 +1,22 @@
+import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from datamodules.imdb import IMDBDataModule
+from datamodules.panel import PanelDataModule
 from seqmodels.checkpoints import CheckpointError
 from seqmodels.cli import SeqCLI, main
 from seqmodels.errors import InvalidInputError
-from seqmodels.tasks import ClassifierEnsemble, SequenceClassifier
+from seqmodels.metrics import ForecastMetrics
+from seqmodels.tasks import ClassifierEnsemble, ForecastEnsemble, GlobalForecaster, SequenceClassifier
+from seqmodels.tasks.ensemble import member_median
+from seqmodels.tasks.global_forecasting import Forecast, evaluate, update_metrics
 
 from .conftest import CONFIGS
-from .helpers import QUIET, fake_reviews, write_imdb
+from .helpers import QUIET, fake_reviews, panel_frame, write_imdb
 
 
 def _data_args(root):
@@ -112,3 +118,80 @@ def test_bad_member_lists_are_clear_errors(members, tmp_path):
     assert sorted(runs.glob("version_*")) == before  # no empty run left behind
     with pytest.raises(SystemExit, match="error: model.checkpoints: Checkpoint .*missing.ckpt does not exist"):
         main(["test", *_ensemble_args(root, [str(tmp_path / "missing.ckpt"), paths["a"]])])
+
+
+# -- global forecasters ------------------------------------------------------------------------------
+
+PANEL = ["--data.source", "panel.csv", "--data.window", "24", "--data.horizon", "6"]
+
+
+@pytest.fixture(scope="module")
+def forecasters(tmp_path_factory):
+    """Three tiny global forecasters of one panel (seeds 0-2), and two that read it differently."""
+    root = tmp_path_factory.mktemp("forecasters")
+    panel_frame(series=4).to_csv(root / "panel.csv", index=False)
+    paths = {}
+    for name, extra in (("s0", []), ("s1", ["--seed_everything", "1"]), ("s2", ["--seed_everything", "2"]),
+                        ("horizon4", ["--data.horizon", "4"]), ("unlogged", ["--data.log", "false"])):
+        main(["fit", "--config", str(CONFIGS / "m3_lstm.yaml"), *PANEL, "--data.source", str(root / "panel.csv"),
+              "--model.backbone.init_args.hidden_size", "8", "--trainer.max_epochs", "2", "--run_name", name,
+              "--trainer.default_root_dir", str(root), *extra, *QUIET])
+        paths[name] = str(root / "lightning_logs" / name / "version_0" / "checkpoints" / "last.ckpt")
+    return root, paths
+
+
+def test_the_forecast_ensemble_scores_and_writes_the_members_median(forecasters, in_tmp):
+    root, paths = forecasters
+    checkpoints = [paths["s0"], paths["s1"], paths["s2"]]
+    args = ["--config", str(CONFIGS / "m3_ensemble.yaml"), *PANEL, "--data.source", str(root / "panel.csv"),
+            "--model.checkpoints", json.dumps(checkpoints), *QUIET]
+    cli = SeqCLI(args=args, run=False)
+    metrics = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+
+    members = [GlobalForecaster.load_from_checkpoint(p).eval() for p in checkpoints]
+    data = PanelDataModule(str(root / "panel.csv"), window=24, horizon=6, log=True, deseasonalise=True)
+    data.preprocessor = members[0].preprocessor
+    data.setup("test")
+    windows = data.windows("test")
+    batch = windows.__getitems__(list(range(len(windows))))
+    with torch.no_grad():
+        forecasts = [m.forecast(batch) for m in members]
+    median = Forecast(torch.from_numpy(np.median(np.stack([f.point.numpy() for f in forecasts]), 0)),
+                      torch.from_numpy(np.median(np.stack([f.quantiles.numpy() for f in forecasts]), 0)))
+    expected = ForecastMetrics()
+    update_metrics(expected, batch, median, members[0].levels)
+    assert metrics["test/smape"] == pytest.approx(float(expected.compute()["smape"]), rel=1e-5)
+    assert metrics["test/smape"] not in [pytest.approx(evaluate(m, [batch])["smape"], rel=1e-4) for m in members]
+
+    main(["predict", *args, "--output", "forecast.csv"])
+    with open("forecast.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 6 and list(rows[0]) == ["id", "date", "forecast", "p10", "p50", "p90"]
+    assert all(float(r["p10"]) <= float(r["p50"]) <= float(r["p90"]) for r in rows)
+    data = PanelDataModule(str(root / "panel.csv"), window=24, horizon=6, log=True, deseasonalise=True)
+    data.preprocessor = members[0].preprocessor
+    data.setup("predict")  # a fresh module: predict's seasonal factors come from the whole history
+    ahead = data.windows("predict")
+    with torch.no_grad():
+        points = np.median(np.stack([m.forecast(ahead.__getitems__(list(range(len(ahead))))).point.numpy()
+                                     for m in members]), 0)
+    np.testing.assert_allclose([float(r["forecast"]) for r in rows], points.reshape(-1), rtol=1e-4)
+
+    with pytest.raises(SystemExit, match="data.window is 12 but the ensemble's members were trained with 24"):
+        main(["test", *args, "--data.window", "12"])
+
+
+def test_forecasters_that_read_the_series_differently_are_refused(forecasters, members):
+    _, paths = forecasters
+    with pytest.raises(InvalidInputError, match="different horizons"):
+        ForecastEnsemble([paths["s0"], paths["horizon4"]])
+    with pytest.raises(InvalidInputError, match="different transforms"):
+        ForecastEnsemble([paths["s0"], paths["unlogged"]])
+    with pytest.raises(CheckpointError, match="is not a GlobalForecaster checkpoint .*saved by seqmodels.tasks.Seq"):
+        ForecastEnsemble([paths["s0"], members[1]["a"]])
+
+
+def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    values = [torch.tensor([1.0, 5.0]), torch.tensor([2.0, 6.0]), torch.tensor([3.0, 7.0]), torch.tensor([10.0, 0.0])]
+    torch.testing.assert_close(member_median(values), torch.tensor([2.5, 5.5]))
+    torch.testing.assert_close(member_median(values[:2]), torch.tensor([1.5, 5.5]))  # two members: their mean

@@ -426,3 +426,15 @@ def test_deseasonalising_travels_with_the_checkpoint_through_main(in_tmp):
     np.testing.assert_allclose(served, expected.numpy(), rtol=1e-4)
     program = torch.export.load("m.pt2").module()
     torch.testing.assert_close(program(context, batch["season"]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_module_set_up_for_test_then_predict_gives_predicts_own_seasonal_factors(tmp_path):
+    """Lightning calls setup once per entry point: trainer.test then trainer.predict on one data module
+    must forecast as a fresh predict does (factors from the whole history, not the training part)."""
+    used, fresh = _panel(tmp_path, deseasonalise=True), _panel(tmp_path, deseasonalise=True)
+    used.setup("test")
+    used.setup("predict")
+    fresh.setup("predict")
+    a, b = used.windows("predict"), fresh.windows("predict")
+    rows = list(range(len(b)))
+    torch.testing.assert_close(a.__getitems__(rows)["season"], b.__getitems__(rows)["season"])

@@ -1,25 +1,66 @@
-"""Several trained classifiers served as one model."""
+"""Several trained models of one task served as one: classifiers and global forecasters."""
 
 from __future__ import annotations
 
 import contextvars
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from seqmodels.checkpoints import CheckpointError, load_checkpoint
 from seqmodels.errors import InvalidInputError
-from seqmodels.preprocessing import WordTokenizer
+from seqmodels.metrics import ForecastMetrics
+from seqmodels.preprocessing import PanelTransform, WordTokenizer
 from seqmodels.tasks.base import PreprocessedTask
 from seqmodels.tasks.classification import Classifications, SequenceClassifier
+from seqmodels.tasks.global_forecasting import (Forecast, GlobalForecaster, forecast_records, log_metrics,
+                                                update_metrics)
 
 
-class ClassifierEnsemble(Classifications, PreprocessedTask):
+class _Ensemble(PreprocessedTask):
+    """Members loaded from their checkpoints, all of ``member_type`` and read with one preprocessing
+    object; for ``validate``, ``test`` and ``predict`` (``fit`` trains the members, one by one)."""
+
+    member_type: type[PreprocessedTask]
+
+    def __init__(self, checkpoints: Sequence[str]) -> None:
+        super().__init__()
+        if isinstance(checkpoints, str) or len(checkpoints) < 2:
+            raise InvalidInputError(
+                f"model.checkpoints must list two or more {self.member_type.__name__} checkpoints, got "
+                f"{checkpoints!r}; for one model, use its own config with --ckpt_path.")
+        self.save_hyperparameters()
+        # Each member is built in an empty context: under the CLI, Lightning hands the hyperparameters
+        # of the model being instantiated (this ensemble's) to save_hyperparameters through a context
+        # variable, which the members' own __init__ would otherwise record as theirs.
+        members = [contextvars.Context().run(self._load_member, str(path)) for path in checkpoints]
+        for path, member in zip(checkpoints[1:], members[1:]):
+            self._check_alike(members[0], member, f"The models {checkpoints[0]} and {path}")
+        self.members = nn.ModuleList(member.eval() for member in members)
+
+    def _load_member(self, path: str) -> PreprocessedTask:
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            raise CheckpointError(f"model.checkpoints: {error}") from None
+        expected = self.member_type.__name__
+        saved_by = checkpoint.get("hyper_parameters", {}).get("_class_path", "")
+        if saved_by.rsplit(".", 1)[-1] != expected or "preprocessor" not in checkpoint:
+            raise CheckpointError(
+                f"model.checkpoints: {path} is not a {expected} checkpoint with its preprocessing (it was saved by "
+                f"{saved_by or 'an unknown model'}). List the checkpoints of {expected} runs.")
+        return self.member_type.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+
+    def _check_alike(self, first: Any, other: Any, which: str) -> None:
+        """Refuse a member that would read the data, or answer, differently from the first."""
+
+
+class ClassifierEnsemble(Classifications, _Ensemble):
     """The mean of several trained :class:`SequenceClassifier` s' class probabilities.
 
-    Built from the members' checkpoints for ``validate``, ``test`` and ``predict`` (each member is
-    trained by ``fit`` first; the ensemble itself is not trained)::
+    Built from the members' checkpoints for ``validate``, ``test`` and ``predict``::
 
         python main.py test --config configs/imdb_ensemble.yaml \\
             --model.checkpoints '[run_a/checkpoints/best-2-1056.ckpt, run_b/checkpoints/best-2-1056.ckpt]'
@@ -37,34 +78,24 @@ class ClassifierEnsemble(Classifications, PreprocessedTask):
         checkpoints: two or more ``SequenceClassifier`` checkpoints (``.ckpt`` files).
     """
 
+    member_type = SequenceClassifier
     preprocessor: WordTokenizer | None
     prediction_file = "predictions.jsonl"
 
     def __init__(self, checkpoints: Sequence[str]) -> None:
-        super().__init__()
-        if isinstance(checkpoints, str) or len(checkpoints) < 2:
-            raise InvalidInputError(
-                f"model.checkpoints must list two or more classifier checkpoints, got {checkpoints!r}; for one "
-                "classifier, test its own config with --ckpt_path.")
-        self.save_hyperparameters()
-        # Each member is built in an empty context: under the CLI, Lightning hands the hyperparameters
-        # of the model being instantiated (this ensemble's) to save_hyperparameters through a context
-        # variable, which the members' own __init__ would otherwise record as theirs.
-        members = [contextvars.Context().run(_load_member, str(path)) for path in checkpoints]
-        first = members[0]
-        for path, member in zip(checkpoints[1:], members[1:]):
-            if member.preprocessor.vocabulary() != first.preprocessor.vocabulary():
-                raise InvalidInputError(
-                    f"The classifiers {checkpoints[0]} and {path} read text with different tokenizers, so a review "
-                    "would reach them as different ids. Ensemble classifiers that share one tokenizer, such as "
-                    "fine-tunes of one language model.")
-            if member.labels != first.labels:
-                raise InvalidInputError(f"The classifiers {checkpoints[0]} and {path} name their classes "
-                                        f"differently ({first.labels} and {member.labels}).")
-        self.members = nn.ModuleList(member.eval() for member in members)
+        super().__init__(checkpoints)
+        first = self.members[0]
         self.labels = first.labels
         self._add_metrics(first.hparams.num_classes)
         self.preprocessor = first.preprocessor
+
+    def _check_alike(self, first: SequenceClassifier, other: SequenceClassifier, which: str) -> None:
+        if other.preprocessor.vocabulary() != first.preprocessor.vocabulary():
+            raise InvalidInputError(f"{which} read text with different tokenizers, so a review would reach them as "
+                                    "different ids. Ensemble classifiers that share one tokenizer, such as "
+                                    "fine-tunes of one language model.")
+        if other.labels != first.labels:
+            raise InvalidInputError(f"{which} name their classes differently ({first.labels} and {other.labels}).")
 
     def check_preprocessor(self, preprocessor: WordTokenizer) -> None:
         if not isinstance(preprocessor, WordTokenizer):
@@ -80,14 +111,86 @@ class ClassifierEnsemble(Classifications, PreprocessedTask):
         return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
 
 
-def _load_member(path: str) -> SequenceClassifier:
-    try:
-        checkpoint = load_checkpoint(path)
-    except CheckpointError as error:
-        raise CheckpointError(f"model.checkpoints: {error}") from None
-    saved_by = checkpoint.get("hyper_parameters", {}).get("_class_path", "")
-    if saved_by.rsplit(".", 1)[-1] != SequenceClassifier.__name__ or "preprocessor" not in checkpoint:
-        raise CheckpointError(
-            f"model.checkpoints: {path} is not a SequenceClassifier checkpoint with its tokenizer (it was saved by "
-            f"{saved_by or 'an unknown model'}). List the best-*.ckpt files of classifier runs.")
-    return SequenceClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+class ForecastEnsemble(_Ensemble):
+    """Several trained :class:`GlobalForecaster` s as one: per series, step and level, the median of
+    the members' quantiles, and of their point forecasts.
+
+    Built from the members' checkpoints for ``validate``, ``test`` and ``predict`` (``forecast.csv``
+    as a single forecaster writes it)::
+
+        python main.py test --config configs/m3_ensemble.yaml \\
+            --model.checkpoints '[final_0/checkpoints/last.ckpt, final_1/checkpoints/last.ckpt, ...]'
+
+    The members must read the data alike: the same transform (log, seasonal adjustment,
+    covariates), window, horizon and quantile levels; the data section must give that window and
+    horizon. The median (the mean of the two middle values for an even count; the mean for two
+    members) keeps one poor member from pulling the forecast, and keeps each member's quantiles in
+    order. Metrics: the forecaster's (``test/smape``, ``test/mase``, ``test/coverage``, ...), without
+    a loss, since the members' losses do not combine.
+
+    Args:
+        checkpoints: two or more ``GlobalForecaster`` checkpoints (``.ckpt`` files).
+    """
+
+    member_type = GlobalForecaster
+    preprocessor: PanelTransform | None
+    prediction_file = "forecast.csv"
+
+    def __init__(self, checkpoints: Sequence[str]) -> None:
+        super().__init__(checkpoints)
+        first = self.members[0]
+        self.register_buffer("levels", first.levels.clone(), persistent=False)
+        self.val_metrics, self.test_metrics = ForecastMetrics(), ForecastMetrics()
+        self.preprocessor = first.preprocessor
+
+    def _check_alike(self, first: GlobalForecaster, other: GlobalForecaster, which: str) -> None:
+        if other.preprocessor.state_dict() != first.preprocessor.state_dict():
+            raise InvalidInputError(f"{which} read the series with different transforms (log, seasonal adjustment "
+                                    "or covariates); ensemble forecasters trained with the same data settings.")
+        for name in ("window", "horizon"):
+            if other.hparams[name] != first.hparams[name]:
+                raise InvalidInputError(f"{which} have different {name}s ({first.hparams[name]} and "
+                                        f"{other.hparams[name]}); their forecasts would not line up.")
+        if not torch.equal(other.levels, first.levels):
+            raise InvalidInputError(f"{which} forecast different quantile levels ({first.levels.tolist()} and "
+                                    f"{other.levels.tolist()}).")
+
+    def check_preprocessor(self, preprocessor: PanelTransform) -> None:
+        if not isinstance(preprocessor, PanelTransform):
+            raise InvalidInputError(f"A ForecastEnsemble reads panels of series: it needs a PanelTransform, got "
+                                    f"{type(preprocessor).__name__}. Pair it with datamodules.PanelDataModule.")
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        first = self.members[0].hparams
+        for name in ("window", "horizon"):
+            given = getattr(datamodule, name, first[name])
+            if given != first[name]:
+                raise InvalidInputError(f"data.{name} is {given} but the ensemble's members were trained with "
+                                        f"{first[name]}; set --data.{name} {first[name]}.")
+
+    def forecast(self, batch: dict[str, Tensor]) -> Forecast:
+        """The batch's forecasts in the series' units: the members' median."""
+        forecasts = [member.forecast(batch) for member in self.members]
+        return Forecast(member_median([f.point for f in forecasts]), member_median([f.quantiles for f in forecasts]))
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        update_metrics(self.val_metrics, batch, self.forecast(batch), self.levels)
+
+    def on_validation_epoch_end(self) -> None:
+        log_metrics(self, "val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        update_metrics(self.test_metrics, batch, self.forecast(batch), self.levels)
+
+    def on_test_epoch_end(self) -> None:
+        log_metrics(self, "test", self.test_metrics)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """One record per series and step, as :meth:`GlobalForecaster.predict_step` writes them."""
+        return forecast_records(batch, self.forecast(batch), self.levels)
+
+
+def member_median(values: Sequence[Tensor]) -> Tensor:
+    """The elementwise median over members: the mean of the two middle values for an even count."""
+    return torch.stack(list(values)).float().quantile(0.5, dim=0)

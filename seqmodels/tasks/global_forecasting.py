@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -251,24 +252,12 @@ class GlobalForecaster(PreprocessedTask):
         self._log_metrics("test", self.test_metrics)
 
     def _log_metrics(self, split: str, metrics: ForecastMetrics) -> None:
-        if metrics.update_count:
-            values = metrics.compute()
-            self.log_dict({f"{split}/{name}": value for name, value in values.items()},
-                          prog_bar=split == "val")
-        metrics.reset()
+        log_metrics(self, split, metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """One record per series and step: ``id``, ``date``, ``forecast`` (the point forecast, see
         :class:`Forecast`) and the quantiles as ``p10``, ``p50``, ``p90``, ... ."""
-        forecast = self.forecast(batch)
-        names = [f"p{round(100 * q, 2):g}" for q in self.levels.tolist()]
-        records = []
-        for row, (name, dates) in enumerate(zip(batch["names"], batch["dates"])):
-            for step, date in enumerate(dates):
-                record = {"id": name, "date": date, "forecast": round(float(forecast.point[row, step]), 4)}
-                record.update({n: round(float(v), 4) for n, v in zip(names, forecast.quantiles[row, step])})
-                records.append(record)
-        return records
+        return forecast_records(batch, self.forecast(batch), self.levels)
 
 
 def distribution(raw: Tensor, likelihood: str, levels: Tensor) -> tuple[Tensor, ...]:
@@ -307,6 +296,26 @@ def model_inputs(batch: dict[str, Tensor], scale: Tensor, mode: str, transform: 
     values = transform.normalise(batch["context"], scale, batch["observed"])
     return torch.cat([values.unsqueeze(-1), batch["observed"].unsqueeze(-1), batch["past"],
                       batch["future"][:, shift : window + shift]], -1)
+
+
+def log_metrics(module: L.LightningModule, split: str, metrics: ForecastMetrics) -> None:
+    """Log an epoch's forecast metrics as ``<split>/<name>`` and start the next epoch afresh."""
+    if metrics.update_count:
+        values = metrics.compute()
+        module.log_dict({f"{split}/{name}": value for name, value in values.items()}, prog_bar=split == "val")
+    metrics.reset()
+
+
+def forecast_records(batch: dict[str, Any], forecast: Forecast, levels: Tensor) -> list[dict[str, Any]]:
+    """``predict``'s records of a batch's forecasts: one per series and step."""
+    names = [f"p{round(100 * q, 2):g}" for q in levels.tolist()]
+    records = []
+    for row, (name, dates) in enumerate(zip(batch["names"], batch["dates"])):
+        for step, date in enumerate(dates):
+            record = {"id": name, "date": date, "forecast": round(float(forecast.point[row, step]), 4)}
+            record.update({n: round(float(v), 4) for n, v in zip(names, forecast.quantiles[row, step])})
+            records.append(record)
+    return records
 
 
 def update_metrics(metrics: ForecastMetrics, batch: dict[str, Tensor], forecast: Forecast, levels: Tensor) -> None:
