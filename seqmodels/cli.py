@@ -43,7 +43,7 @@ from seqmodels.finetuning import scheduler_interval, split_param_groups
 from seqmodels.export import Format, export
 from seqmodels.preprocessing import from_checkpoint
 from seqmodels.runtime import tune_allocator
-from seqmodels.tasks import Forecaster, GlobalForecaster
+from seqmodels.tasks import ClassifierEnsemble, ForecastEnsemble, Forecaster, GlobalForecaster
 from seqmodels.training import NonFiniteLossError, RandomState, TrainingGuard
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "export", "backtest")
@@ -58,15 +58,18 @@ class SeqTrainer(L.Trainer):
         or a torch.export ExportedProgram), with its preprocessing beside it (see seqmodels.export).
 
         Args:
-            ckpt_path: the checkpoint: a path, ``last`` or ``best`` of the config's run.
+            ckpt_path: the checkpoint: a path, ``last`` or ``best`` of the config's run (none for an
+                ensemble: its members are its ``model.checkpoints``).
             format: ``onnx``, ``torchscript`` or ``exported-program``.
             output: the graph's file; ``<output>.json`` (and for a classifier
                 ``<output>.tokenizer.json``) are written beside it.
         """
-        if not ckpt_path or not output:
+        ensemble = isinstance(model, (ClassifierEnsemble, ForecastEnsemble))
+        if not output or not (ckpt_path or ensemble):
             raise InvalidInputError("export needs --ckpt_path (a .ckpt file, 'last' or 'best') and --output (the file "
-                                    "to write, e.g. model.onnx).")
-        _load_weights(model, ckpt_path)
+                                    "to write, e.g. model.onnx); an ensemble's config needs only --output.")
+        if ckpt_path:
+            _load_weights(model, ckpt_path)
         written = export(model, format, output)
         print("Wrote " + ", ".join(str(p) for p in written))
         return written

@@ -19,6 +19,10 @@ Batch size and sequence length are dynamic (an ExportedProgram's time axis is fi
   (layers, batch, hidden)) -> ``logits`` (batch, time, vocab) and the next state; the vocabulary
   is in the metadata file.
 
+An ensemble (:class:`~seqmodels.tasks.ClassifierEnsemble`, :class:`~seqmodels.tasks.ForecastEnsemble`)
+exports as one graph with its members' inputs and outputs: the mean of their probabilities, or the
+median of their quantiles.
+
 ``<output>.json`` names the task, the inputs and outputs, the labels and the preprocessing.
 """
 
@@ -37,7 +41,9 @@ from seqmodels.backbones import Backbone
 from seqmodels.errors import InvalidInputError, MissingInputError
 from seqmodels.files import atomic_path, atomic_write
 from seqmodels.preprocessing import PanelTransform, SeriesTransform, WordTokenizer, to_checkpoint
-from seqmodels.tasks import CharLanguageModel, Forecaster, GlobalForecaster, SequenceClassifier
+from seqmodels.tasks import (CharLanguageModel, ClassifierEnsemble, ForecastEnsemble, Forecaster, GlobalForecaster,
+                             SequenceClassifier)
+from seqmodels.tasks.ensemble import member_median
 from seqmodels.tasks.classification import pool
 from seqmodels.tasks.global_forecasting import direct_head, distribution, model_inputs, to_quantiles
 
@@ -120,6 +126,29 @@ class SeasonalPanelGraph(nn.Module):
         return self.panel(context, season=season)
 
 
+class ClassifierEnsembleGraph(nn.Module):
+    """The mean of the members' class probabilities, as :class:`~seqmodels.tasks.ClassifierEnsemble`."""
+
+    def __init__(self, graphs: list[ClassifierGraph]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(graphs)
+
+    def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return torch.stack([member(input_ids, lengths) for member in self.members]).mean(0)
+
+
+class PanelEnsembleGraph(nn.Module):
+    """The median of the members' quantiles, as :class:`~seqmodels.tasks.ForecastEnsemble`."""
+
+    def __init__(self, graphs: list[PanelGraph]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(graphs)
+
+    def forward(self, context: Tensor, past: Tensor | None = None, future: Tensor | None = None,
+                season: Tensor | None = None) -> Tensor:
+        return member_median([member(context, past, future, season) for member in self.members])
+
+
 class CharGraph(nn.Module):
     def __init__(self, model: CharLanguageModel) -> None:
         super().__init__()
@@ -135,6 +164,14 @@ class CharGraph(nn.Module):
 def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], list[str], list[str], dict[str, Any]]:
     """The servable module of a task (a float32 CPU copy: the model itself is left as it is), an
     example input, input and output names, dynamic axes."""
+    if isinstance(model, (ClassifierEnsemble, ForecastEnsemble)):
+        graph, example, inputs, outputs, axes = graph_of(model.members[0])
+        if isinstance(model, ClassifierEnsemble):
+            return (ClassifierEnsembleGraph([_detached(ClassifierGraph(m)) for m in model.members]),
+                    example, inputs, outputs, axes)
+        ensemble = PanelEnsembleGraph([_detached(PanelGraph(m)) for m in model.members])
+        return (SeasonalPanelGraph(ensemble) if isinstance(graph, SeasonalPanelGraph) else ensemble,
+                example, inputs, outputs, axes)
     preprocessor = model.require_preprocessor()
     # Its own generator: tracing during fit (the GRAPHS view) must not move the global random state.
     generator = torch.Generator().manual_seed(0)
@@ -222,6 +259,8 @@ def _fixed_time(model, example: tuple[Tensor, ...], axes: dict[str, Any]) -> tup
     call (feed a prompt character by character, carrying the state); a classifier's, reviews padded
     on the left to ``eval_max_length`` tokens, as its tokenizer file pads them. Packed right-padded
     batches cannot be exported this way."""
+    if isinstance(model, (ClassifierEnsemble, ForecastEnsemble)):
+        model = model.members[0]  # the members read alike: the first one's inputs are the ensemble's
     if isinstance(model, CharLanguageModel):
         example = (example[0][:, :1], *example[1:])
     elif isinstance(model, SequenceClassifier):
@@ -253,6 +292,9 @@ def _exported_program(graph: nn.Module, example: tuple[Tensor, ...], inputs: lis
 def _write_metadata(model, format: str, output: Path, inputs: list[str], outputs: list[str]) -> Path:
     meta = {"task": type(model).__name__, "format": format, "inputs": inputs, "outputs": outputs,
             "preprocessing": to_checkpoint(model.preprocessor)}
+    if isinstance(model, (ClassifierEnsemble, ForecastEnsemble)):
+        meta["members"] = list(model.hparams.checkpoints)
+        model = model.members[0]  # labels, window, quantiles: the members', alike
     if isinstance(model, SequenceClassifier):
         meta["labels"] = model.labels
         meta["preprocessing"]["state"].pop("tokenizer")  # the tokenizer's own file is beside the graph

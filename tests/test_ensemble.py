@@ -195,3 +195,45 @@ def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two():
     values = [torch.tensor([1.0, 5.0]), torch.tensor([2.0, 6.0]), torch.tensor([3.0, 7.0]), torch.tensor([10.0, 0.0])]
     torch.testing.assert_close(member_median(values), torch.tensor([2.5, 5.5]))
     torch.testing.assert_close(member_median(values[:2]), torch.tensor([1.5, 5.5]))  # two members: their mean
+
+
+def test_an_ensemble_exports_as_one_graph_that_gives_its_numbers(members, forecasters, tmp_path):
+    import onnxruntime as ort
+
+    root, paths = members
+    checkpoints = [paths["a"], paths["b"]]
+    main(["export", *_ensemble_args(root, checkpoints), "--format", "onnx", "--output", str(tmp_path / "c.onnx")])
+    ensemble = ClassifierEnsemble(checkpoints).eval()
+    ids, lengths = torch.randint(2, 60, (4, 9)), torch.tensor([9, 2, 5, 7])
+    with torch.no_grad():
+        expected = ensemble(ids, lengths).exp()
+    served = ort.InferenceSession(str(tmp_path / "c.onnx")).run(None, {"input_ids": ids.numpy(),
+                                                                       "lengths": lengths.numpy()})[0]
+    np.testing.assert_allclose(served, expected.numpy(), atol=1e-5)
+    meta = json.loads((tmp_path / "c.onnx.json").read_text())
+    assert meta["task"] == "ClassifierEnsemble" and meta["members"] == checkpoints
+    assert meta["labels"] == ["negative", "positive"]
+
+    root, paths = forecasters
+    checkpoints = [paths["s0"], paths["s1"], paths["s2"], paths["s0"]]  # an even count: the middle two's mean
+    main(["export", "--config", str(CONFIGS / "m3_ensemble.yaml"), *PANEL, "--data.source", str(root / "panel.csv"),
+          "--model.checkpoints", json.dumps(checkpoints), "--format", "onnx", "--output", str(tmp_path / "f.onnx"),
+          *QUIET])
+    ensemble = ForecastEnsemble(checkpoints).eval()
+    data = PanelDataModule(str(root / "panel.csv"), window=24, horizon=6, log=True, deseasonalise=True)
+    data.preprocessor = ensemble.preprocessor
+    data.setup("test")
+    windows = data.windows("test")
+    batch = windows.__getitems__(list(range(len(windows))))
+    with torch.no_grad():
+        expected = ensemble.forecast(batch).quantiles
+    context = torch.where(batch["observed"] > 0, batch["context"], torch.tensor(float("nan")))
+    served = ort.InferenceSession(str(tmp_path / "f.onnx")).run(
+        None, {"context": context.numpy(), "season": batch["season"].numpy()})[0]
+    np.testing.assert_allclose(served, expected.numpy(), rtol=1e-4)
+    assert json.loads((tmp_path / "f.onnx.json").read_text())["quantiles"] == pytest.approx([0.1, 0.5, 0.9])
+    main(["export", "--config", str(CONFIGS / "m3_ensemble.yaml"), *PANEL, "--data.source", str(root / "panel.csv"),
+          "--model.checkpoints", json.dumps(checkpoints), "--format", "exported-program", "--output",
+          str(tmp_path / "f.pt2"), *QUIET])
+    program = torch.export.load(str(tmp_path / "f.pt2")).module()
+    torch.testing.assert_close(program(context, batch["season"]), expected, rtol=1e-4, atol=1e-4)
