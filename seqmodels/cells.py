@@ -11,7 +11,11 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   ``W_ih`` and ``W_hh`` are each one large product over all steps, and the gate
   activations are overwritten by their gradients in place (no second sequence-sized buffer);
 * without autograd (evaluation, predict) nothing is kept for a backward pass: the projection is
-  made 64 steps at a time and the outputs are the only sequence-sized buffer.
+  made 64 steps at a time and the outputs are the only sequence-sized buffer;
+* in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
+  arithmetic, the matrix products take bfloat16 inputs (``products``); everything else, the gate
+  arithmetic and the cell state above all, stays in float32, and so does evaluation, whose
+  numbers then do not depend on the CPU it runs on.
 
 Tensors in this module are time-major: ``(time, batch, features)``. ``mask`` is
 ``(time, batch, 1)`` boolean, true at valid steps; at a masked step the state is carried
@@ -42,6 +46,9 @@ GRU (gates r, z, n)::
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +97,49 @@ def _prepare(weight: Tensor, rows: int) -> Tensor:
     return weight
 
 
+@functools.cache
+def bf16_products_pay() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), decided once. Elsewhere bf16
+    products are emulated and slower than float32 ones, so training keeps float32 products there.
+    ``ONEDNN_MAX_CPU_ISA`` below those instruction sets (e.g. ``AVX2``, to try an older CPU's
+    behaviour) counts as their absence."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if not (isa == "ALL" or "BF16" in isa or "AMX" in isa or isa.startswith("AVX10")):
+        return False
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported"))
+
+
+def _lowered(t: Tensor, products: torch.dtype | None) -> Tensor:
+    return t if products is None else t.to(products)
+
+
+def _raised(t: Tensor, products: torch.dtype | None) -> Tensor:
+    """A product's result back in float32 (the parameters' dtype when products run in it)."""
+    return t if products is None else t.float()
+
+
+def _project(x2d: Tensor, w_ih: Tensor, bias: Tensor | None, products: torch.dtype | None) -> Tensor:
+    """``x2d @ w_ih^T + bias`` in float32, the product itself in ``products`` precision if given."""
+    if products is None:
+        return F.linear(x2d, w_ih, bias)
+    out = F.linear(x2d.to(products), w_ih.to(products)).float()
+    return out if bias is None else out.add_(bias)
+
+
+def _step_weight(weight: Tensor, rows: int, products: torch.dtype | None) -> Tensor:
+    """A recurrent weight as :func:`_step` multiplies it, ``rows`` rows at a time, many times."""
+    return _prepare(weight, rows) if products is None else weight.to(products)
+
+
+def _step(h: Tensor, weight: Tensor, products: torch.dtype | None, bias: Tensor | None = None) -> Tensor:
+    """One step's recurrent product ``h @ weight^T + bias`` in float32 (``weight`` from :func:`_step_weight`)."""
+    if products is None:
+        return _linear(h, weight, bias)
+    out = F.linear(h.to(products), weight).float()
+    return out if bias is None else out.add_(bias)
+
+
 def _once(ctx) -> None:
     # The backward passes below overwrite the saved activations with their gradients to
     # save a buffer the size of the whole sequence; a second backward would read garbage.
@@ -102,12 +152,14 @@ def _once(ctx) -> None:
 
 
 def _grads_of_projection(ctx, d_proj: Tensor, x2d: Tensor, w_ih: Tensor):
-    """Gradients of ``x2d @ w_ih^T + b`` given the gradient of the product, ``(T*B, G)``."""
+    """Gradients of ``x2d @ w_ih^T + b`` given the gradient of the product, ``(T*B, G)``; also that
+    gradient as the other weight-gradient products take it (in ``ctx.products`` precision)."""
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    d_x = F.linear(d_proj, w_ih.t()).view(ctx.x_shape) if need_x else None
-    d_w = d_proj.t() @ x2d if need_w else None  # MKL: measured 2.9x faster than oneDNN here
+    low = _lowered(d_proj, ctx.products)
+    d_x = _raised(F.linear(low, _lowered(w_ih.t(), ctx.products)), ctx.products).view(ctx.x_shape) if need_x else None
+    d_w = _raised(low.t() @ _lowered(x2d, ctx.products), ctx.products) if need_w else None  # MKL: 2.9x oneDNN's speed
     d_b = d_proj.sum(0) if need_b else None
-    return d_x, d_w, d_b
+    return d_x, d_w, d_b, low
 
 
 def _lstm_gates(a: Tensor, hidden: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -131,15 +183,15 @@ def _gru_gates(a: Tensor, hp: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
 
 class _RNNLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, bias, h0, w_hh, mask, relu: bool):
+    def forward(ctx, x, w_ih, bias, h0, w_hh, mask, relu: bool, products):
         steps, batch, _ = x.shape
         x2d = x.reshape(steps * batch, -1)
-        acts = F.linear(x2d, w_ih, bias).view(steps, batch, -1)  # pre-activations, then h'
+        acts = _project(x2d, w_ih, bias, products).view(steps, batch, -1)  # pre-activations, then h'
         hs = x.new_empty((steps + 1, *h0.shape))
         hs[0] = h0
-        w = _prepare(w_hh, batch)
+        w = _step_weight(w_hh, batch, products)
         for t in range(steps):
-            h = acts[t].add_(_linear(hs[t], w))
+            h = acts[t].add_(_step(hs[t], w, products))
             h.relu_() if relu else h.tanh_()
             if mask is None:
                 hs[t + 1] = h
@@ -147,7 +199,7 @@ class _RNNLayer(torch.autograd.Function):
                 torch.where(mask[t], h, hs[t], out=hs[t + 1])
         out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hs, w_hh, mask)
-        ctx.relu, ctx.x_shape = relu, x.shape
+        ctx.relu, ctx.x_shape, ctx.products = relu, x.shape, products
         return out, hs[-1].clone()
 
     @staticmethod
@@ -155,7 +207,7 @@ class _RNNLayer(torch.autograd.Function):
         _once(ctx)
         x2d, w_ih, acts, hs, w_hh, mask = ctx.saved_tensors
         steps, batch, _ = acts.shape
-        w_t = _prepare(w_hh.t(), batch)
+        w_t = _step_weight(w_hh.t(), batch, ctx.products)
         one = torch.ones_like(d_hn[:1])
         dh = d_hn
         for t in range(steps - 1, -1, -1):
@@ -166,30 +218,31 @@ class _RNNLayer(torch.autograd.Function):
                 torch.addcmul(one, h, h, value=-1, out=h)
             d_pre = h.mul_(dh + d_out[t])
             if mask is None:
-                dh = _linear(d_pre, w_t)
+                dh = _step(d_pre, w_t, ctx.products)
             else:
                 d_pre.mul_(mask[t])
-                dh = _linear(d_pre, w_t).addcmul_(dh, ~mask[t])  # a carried state passes its gradient on
+                dh = _step(d_pre, w_t, ctx.products).addcmul_(dh, ~mask[t])  # a carried state passes its gradient on
         d_pre = acts.view(steps * batch, -1)
-        d_x, d_w_ih, d_b = _grads_of_projection(ctx, d_pre, x2d, w_ih)
-        d_w_hh = d_pre.t() @ hs[:-1].flatten(0, 1) if ctx.needs_input_grad[4] else None
-        return d_x, d_w_ih, d_b, dh, d_w_hh, None, None
+        d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_pre, x2d, w_ih)
+        d_w_hh = _raised(low.t() @ _lowered(hs[:-1].flatten(0, 1), ctx.products), ctx.products) \
+            if ctx.needs_input_grad[4] else None
+        return d_x, d_w_ih, d_b, dh, d_w_hh, None, None, None
 
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, bias, h0, c0, w_hh, mask):
+    def forward(ctx, x, w_ih, bias, h0, c0, w_hh, mask, products):
         steps, batch, _ = x.shape
         hidden = h0.shape[-1]
         x2d = x.reshape(steps * batch, -1)
-        acts = F.linear(x2d, w_ih, bias).view(steps, batch, 4 * hidden)  # gates, activated in place
+        acts = _project(x2d, w_ih, bias, products).view(steps, batch, 4 * hidden)  # gates, activated in place
         hs = x.new_empty((steps + 1, *h0.shape))
         cs = torch.empty_like(hs)
         tanh_cs = x.new_empty((steps, *h0.shape))
         hs[0], cs[0] = h0, c0
-        w = _prepare(w_hh, batch)
+        w = _step_weight(w_hh, batch, products)
         for t in range(steps):
-            i, f, g, o = _lstm_gates(acts[t].add_(_linear(hs[t], w)), hidden)
+            i, f, g, o = _lstm_gates(acts[t].add_(_step(hs[t], w, products)), hidden)
             c = torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
             h = torch.mul(o, torch.tanh(c, out=tanh_cs[t]), out=hs[t + 1])
             if mask is not None:
@@ -197,7 +250,7 @@ class _LSTMLayer(torch.autograd.Function):
                 torch.where(mask[t], h, hs[t], out=h)
         out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hs, cs, tanh_cs, w_hh, mask)
-        ctx.x_shape = x.shape
+        ctx.x_shape, ctx.products = x.shape, products
         return out, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
@@ -205,7 +258,7 @@ class _LSTMLayer(torch.autograd.Function):
         _once(ctx)
         x2d, w_ih, acts, hs, cs, tanh_cs, w_hh, mask = ctx.saved_tensors
         steps, batch, gates = acts.shape
-        w_t = _prepare(w_hh.t(), batch)
+        w_t = _step_weight(w_hh.t(), batch, ctx.products)
         one = torch.ones_like(d_hn[:1])
         d_act = d_hn.new_empty((batch, gates))  # gradient w.r.t. the activated gates i, f, g, o
         d_i, d_f, d_g, d_o = d_act.chunk(4, 1)
@@ -228,32 +281,33 @@ class _LSTMLayer(torch.autograd.Function):
             a.sub_(a * a)
             g.copy_(g_deriv)
             d_gates = a.mul_(d_act)
-            dh_prev = _linear(d_gates, w_t)
+            dh_prev = _step(d_gates, w_t, ctx.products)
             if mask is not None:  # a carried state passes its gradient on
                 keep = ~mask[t]
                 dh_prev.addcmul_(dh, keep)
                 dc_prev.addcmul_(dc, keep)
             dh, dc = dh_prev, dc_prev
         d_gates = acts.view(steps * batch, -1)
-        d_x, d_w_ih, d_b = _grads_of_projection(ctx, d_gates, x2d, w_ih)
-        d_w_hh = d_gates.t() @ hs[:-1].flatten(0, 1) if ctx.needs_input_grad[5] else None
-        return d_x, d_w_ih, d_b, dh, dc, d_w_hh, None
+        d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_gates, x2d, w_ih)
+        d_w_hh = _raised(low.t() @ _lowered(hs[:-1].flatten(0, 1), ctx.products), ctx.products) \
+            if ctx.needs_input_grad[5] else None
+        return d_x, d_w_ih, d_b, dh, dc, d_w_hh, None, None
 
 
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, mask):
+    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, mask, products):
         steps, batch, _ = x.shape
         hidden = h0.shape[-1]
         x2d = x.reshape(steps * batch, -1)
-        acts = F.linear(x2d, w_ih, b_ih).view(steps, batch, 3 * hidden)  # r, z, n activated in place
+        acts = _project(x2d, w_ih, b_ih, products).view(steps, batch, 3 * hidden)  # r, z, n activated in place
         hns = x.new_empty((steps, *h0.shape))  # W_hn h + b_hn, for the reset gate's gradient
         hs = x.new_empty((steps + 1, *h0.shape))
         hs[0] = h0
-        w = _prepare(w_hh, batch)
+        w = _step_weight(w_hh, batch, products)
         for t in range(steps):
             h = hs[t]
-            hp = _linear(h, w, b_hh)
+            hp = _step(h, w, products, b_hh)
             z, n = _gru_gates(acts[t], hp, hidden)
             hns[t].copy_(hp[:, 2 * hidden :])
             h_new = torch.sub(h, n, out=hs[t + 1]).mul_(z).add_(n)  # (1 - z) n + z h
@@ -261,7 +315,7 @@ class _GRULayer(torch.autograd.Function):
                 torch.where(mask[t], h_new, h, out=h_new)
         out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hns, hs, w_hh, mask)
-        ctx.has_b_hh, ctx.x_shape = b_hh is not None, x.shape
+        ctx.has_b_hh, ctx.x_shape, ctx.products = b_hh is not None, x.shape, products
         return out, hs[-1].clone()
 
     @staticmethod
@@ -270,7 +324,7 @@ class _GRULayer(torch.autograd.Function):
         x2d, w_ih, acts, hns, hs, w_hh, mask = ctx.saved_tensors
         steps, batch, gates = acts.shape
         hidden = gates // 3
-        w_t = _prepare(w_hh.t(), batch)
+        w_t = _step_weight(w_hh.t(), batch, ctx.products)
         one = torch.ones_like(d_hn_final[:1])
         d_hp = torch.empty_like(acts)  # gradient w.r.t. W_hh h + b_hh
         d_rz_act = d_hn_final.new_empty((batch, 2 * hidden))
@@ -294,42 +348,46 @@ class _GRULayer(torch.autograd.Function):
             rz.sub_(rz * rz).mul_(d_rz_act)
             n.copy_(d_n_pre)
             d_hp[t, :, : 2 * hidden] = rz
-            dh_prev = _linear(d_hp[t], w_t).add_(through)
+            dh_prev = _step(d_hp[t], w_t, ctx.products).add_(through)
             if mask is not None:
                 dh_prev.addcmul_(dh, ~mask[t])
             dh = dh_prev
-        d_x, d_w_ih, d_b_ih = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih)
+        d_x, d_w_ih, d_b_ih, _ = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih)
         flat_d_hp = d_hp.view(steps * batch, -1)
-        d_w_hh = flat_d_hp.t() @ hs[:-1].flatten(0, 1) if ctx.needs_input_grad[4] else None
+        d_w_hh = (_raised(_lowered(flat_d_hp, ctx.products).t() @ _lowered(hs[:-1].flatten(0, 1), ctx.products),
+                          ctx.products) if ctx.needs_input_grad[4] else None)
         d_b_hh = flat_d_hp.sum(0) if ctx.has_b_hh and ctx.needs_input_grad[5] else None
-        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None
+        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None
 
 
 def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Tensor,
-              mask: Tensor | None, nonlinearity: str) -> tuple[Tensor, Tensor]:
-    """One direction of one RNN layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``.
+              mask: Tensor | None, nonlinearity: str, products: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """One direction of one RNN layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``;
+    ``products``: the precision of the matrix products in training (module docstring).
     Returns ``(outputs (T, B, H), h_n (B, H))``."""
     if not _wants_grad(x, w_ih, bias, h0, w_hh):
         return _rnn_inference(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
-    return _RNNLayer.apply(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
+    return _RNNLayer.apply(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu", products)
 
 
 def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor,
-               mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """One direction of one LSTM layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``.
+               mask: Tensor | None, products: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction of one LSTM layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``;
+    ``products``: the precision of the matrix products in training (module docstring).
     Returns ``(outputs (T, B, H), h_n (B, H), c_n (B, H))``."""
     if not _wants_grad(x, w_ih, bias, h0, c0, w_hh):
         return _lstm_inference(x, w_ih, bias, h0, c0, w_hh, mask)
-    return _LSTMLayer.apply(x, w_ih, bias, h0, c0, w_hh, mask)
+    return _LSTMLayer.apply(x, w_ih, bias, h0, c0, w_hh, mask, products)
 
 
 def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-              mask: Tensor | None) -> tuple[Tensor, Tensor]:
+              mask: Tensor | None, products: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """One direction of one GRU layer over ``x`` ``(T, B, I)``. ``b_hh`` stays separate because
-    ``b_hn`` sits inside the reset gate's product. Returns ``(outputs, h_n)``."""
+    ``b_hn`` sits inside the reset gate's product; ``products``: the precision of the matrix products
+    in training (module docstring). Returns ``(outputs, h_n)``."""
     if not _wants_grad(x, w_ih, b_ih, h0, w_hh, b_hh):
         return _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
-    return _GRULayer.apply(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
+    return _GRULayer.apply(x, w_ih, b_ih, h0, w_hh, b_hh, mask, products)
 
 
 # -- whole sequences without a backward pass ---------------------------------------------------

@@ -324,6 +324,7 @@ def test_bf16_autocast_works_where_onednn_has_no_bf16_rnn_kernels(impl):
     code = (
         "import torch; from seqmodels import LSTM, backbones\n"
         "assert not backbones._cpu_has_bf16_rnn()\n"
+        "from seqmodels import cells; assert not cells.bf16_products_pay()\n"
         f"lstm = LSTM(4, 8, impl={impl!r})\n"
         "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
         "    out, (h, c) = lstm(torch.randn(3, 5, 4), lengths=torch.tensor([5, 2, 3]))\n"
@@ -368,3 +369,49 @@ def test_memory_stays_flat_over_many_distinct_sequence_lengths(cell):
             module(torch.randn(64, steps, 16))
         grown = _anonymous_mb() - before
     assert grown < 100, f"{grown:.0f} MB kept after 200 distinct lengths"
+
+
+def _bf16_run(model, x, lengths, autocast: bool, grad: bool = True):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.set_grad_enabled(grad):
+        out, _ = model(x, lengths=lengths)
+    if not grad:
+        return out, []
+    (out.float() * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    return out, [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.skipif(not __import__("seqmodels.cells").cells.bf16_products_pay(),
+                    reason="this CPU has no native bf16 arithmetic: its training products stay float32")
+@pytest.mark.parametrize("cell", CELLS)
+def test_bf16_autocast_trains_the_scratch_cells_with_bf16_products_and_float32_state(cell):
+    """Under bf16 autocast the products take bf16 inputs (results differ from float32 at bf16's
+    precision, not more), while outputs, state and gradients stay float32."""
+    torch.manual_seed(0)
+    cls, _, extra = CELLS[cell]
+    model = cls(12, 16, num_layers=2, bidirectional=True, impl="scratch", **extra)
+    x, lengths = torch.randn(4, 30, 12), torch.tensor([30, 7, 19, 30])
+    exact, exact_grads = _bf16_run(model, x, lengths, autocast=False)
+    mixed, mixed_grads = _bf16_run(model, x, lengths, autocast=True)
+    assert mixed.dtype == torch.float32 and all(g.dtype == torch.float32 for g in mixed_grads)
+    assert not torch.equal(mixed, exact)  # the products did run in bf16
+    torch.testing.assert_close(mixed, exact, atol=3e-2, rtol=0)
+    for got, want in zip(mixed_grads, exact_grads):
+        assert (got - want).norm() <= 3e-2 * want.norm()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bf16_autocast_leaves_evaluation_and_cpus_without_bf16_in_float32(cell, monkeypatch):
+    """Evaluation never uses bf16 products (its numbers do not depend on the CPU), and neither does
+    training on a CPU that would emulate them."""
+    from seqmodels import cells
+
+    torch.manual_seed(0)
+    cls, _, extra = CELLS[cell]
+    model = cls(6, 8, bidirectional=True, impl="scratch", **extra)
+    x, lengths = torch.randn(3, 11, 6), torch.tensor([11, 4, 9])
+    assert torch.equal(_bf16_run(model, x, lengths, True, grad=False)[0], _bf16_run(model, x, lengths, False, grad=False)[0])
+    monkeypatch.setattr(cells, "bf16_products_pay", lambda: False)
+    exact, exact_grads = _bf16_run(model, x, lengths, autocast=False)
+    mixed, mixed_grads = _bf16_run(model, x, lengths, autocast=True)
+    assert torch.equal(mixed, exact) and all(torch.equal(a, b) for a, b in zip(mixed_grads, exact_grads))
