@@ -189,6 +189,11 @@ def training_faults(folder: Path) -> list[Outcome]:
     outcomes.append(attempt("checkpoint path that does not exist", folder, "test", *SINE, "--ckpt_path", "nope.ckpt"))
     outcomes.append(attempt("`--ckpt_path last` with no earlier run", folder, "fit", *SINE, "--run_name", "never",
                             "--ckpt_path", "last"))
+    ensemble = ["--config", str(CONFIGS / "imdb_ensemble.yaml"), "--data.data_dir", str(folder / "imdbdata")]
+    outcomes.append(attempt("ensemble member that does not exist", folder, "test", *ensemble,
+                            "--model.checkpoints", "[nope.ckpt, nope2.ckpt]"))
+    outcomes.append(attempt("ensemble members of another task (sine checkpoints, classifier ensemble)", folder,
+                            "test", *ensemble, "--model.checkpoints", f"[{last}, {last}]"))
 
     # Numerical fault: a learning rate that sends the weights to infinity.
     outcomes.append(attempt("loss becomes NaN/inf (learning rate 1e30)", folder, "fit", *SINE, "--run_name", "nan",

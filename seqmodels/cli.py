@@ -44,6 +44,7 @@ from seqmodels.export import Format, export
 from seqmodels.preprocessing import from_checkpoint
 from seqmodels.runtime import tune_allocator
 from seqmodels.tasks import ClassifierEnsemble, ForecastEnsemble, Forecaster, GlobalForecaster
+from seqmodels.tasks.ensemble import read_member
 from seqmodels.training import NonFiniteLossError, RandomState, TrainingGuard
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "export", "backtest")
@@ -336,10 +337,7 @@ class SeqCLI(LightningCLI):
                                       "(python main.py fit --config configs/imdb_lm.yaml writes one).") from None
         elif checkpoint is None and init_args.get("checkpoints"):
             # An ensemble reads the data with its members' tokenizer (it checks that they share one).
-            try:
-                checkpoint = load_checkpoint(init_args["checkpoints"][0])
-            except CheckpointError as error:
-                raise CheckpointError(f"model.checkpoints: {error}") from None
+            checkpoint = read_member(init_args["checkpoints"][0])
         if checkpoint is None or "preprocessor" not in checkpoint:
             return
         preprocessor = from_checkpoint(checkpoint["preprocessor"])

@@ -116,7 +116,7 @@ def test_bad_member_lists_are_clear_errors(members, tmp_path):
     with pytest.raises(SystemExit, match="ClassifierEnsemble is not trained with fit"):
         main(["fit", *_ensemble_args(root, [paths["a"], paths["b"]])])
     assert sorted(runs.glob("version_*")) == before  # no empty run left behind
-    with pytest.raises(SystemExit, match="error: model.checkpoints: Checkpoint .*missing.ckpt does not exist"):
+    with pytest.raises(SystemExit, match="error: model.checkpoints: .*missing.ckpt does not exist. List the .ckpt"):
         main(["test", *_ensemble_args(root, [str(tmp_path / "missing.ckpt"), paths["a"]])])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,10 +42,7 @@ class _Ensemble(PreprocessedTask):
         self.members = nn.ModuleList(member.eval() for member in members)
 
     def _load_member(self, path: str) -> PreprocessedTask:
-        try:
-            checkpoint = load_checkpoint(path)
-        except CheckpointError as error:
-            raise CheckpointError(f"model.checkpoints: {error}") from None
+        checkpoint = read_member(path)
         expected = self.member_type.__name__
         saved_by = checkpoint.get("hyper_parameters", {}).get("_class_path", "")
         if saved_by.rsplit(".", 1)[-1] != expected or "preprocessor" not in checkpoint:
@@ -189,6 +187,17 @@ class ForecastEnsemble(_Ensemble):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """One record per series and step, as :meth:`GlobalForecaster.predict_step` writes them."""
         return forecast_records(batch, self.forecast(batch), self.levels)
+
+
+def read_member(path: str) -> dict:
+    """A member's checkpoint, as plain data, with errors that speak of ``model.checkpoints``."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"model.checkpoints: {path} does not exist. List the .ckpt files of trained runs, e.g. "
+                              "lightning_logs/<run_name>/version_0/checkpoints/best-*.ckpt.")
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"model.checkpoints: {error}") from None
 
 
 def member_median(values: Sequence[Tensor]) -> Tensor:
