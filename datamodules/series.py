@@ -62,6 +62,7 @@ class _SeriesDataModule(L.LightningDataModule):
         self.log, self.differences = log, list(differences or [])
         SeriesTransform(log, self.differences)  # refuse bad lags now, before any data is read
         self.values: torch.Tensor | None = None  # the whole series, in its own units
+        self.test_set: TensorDataset | None = None  # with train_set and val_set, built by setup
         self.dates: list[str] | None = None
         self.preprocessor: SeriesTransform | None = None
 
@@ -72,10 +73,11 @@ class _SeriesDataModule(L.LightningDataModule):
         return n - self.val_size - self.test_size, n - self.test_size
 
     def setup(self, stage: str | None = None) -> None:
-        if self.values is not None:
-            return
-        self.values = self.load_values()
-        if stage == "predict":
+        # Read once; the splits are built by the first stage that needs them (predict does not),
+        # so a module set up for predict and then test still gets its windows.
+        if self.values is None:
+            self.values = self.load_values()
+        if stage == "predict" or self.test_set is not None:
             return
         val_start, test_start = self.boundaries
         needed = self.window + self.horizon

@@ -199,3 +199,12 @@ def test_predict_writes_daily_dates_after_a_daily_series(in_tmp):
     main(["predict", *args, "--ckpt_path", "last", "--model.predict_steps", "3", "--output", "f.csv"])
     rows = list(csv.reader(open(in_tmp / "f.csv")))
     assert [r[0] for r in rows[1:]] == ["2024-04-30", "2024-05-01", "2024-05-02"]
+
+
+def test_a_module_set_up_for_predict_then_test_builds_its_splits(tmp_path):
+    """Lightning calls setup once per entry point: trainer.predict then trainer.test on one data
+    module must still find the test windows."""
+    data = SeriesDataModule(path=str(write_monthly_csv(tmp_path / "s.csv")), window=13, val_size=12, test_size=12)
+    data.setup("predict")
+    data.setup("test")
+    assert len(data.test_dataloader()[0].dataset) > 0
