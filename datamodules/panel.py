@@ -398,10 +398,10 @@ class PanelDataModule(L.LightningDataModule):
         self._build_buffer(stage)
 
     def _build_buffer(self, stage: str | None) -> None:
-        self._buffer_for_predict = stage == "predict"
         """All series end to end, each after ``window`` padding steps and followed by ``horizon``
         steps of room for the forecast (its known-future covariates, where given); with seasonal
         adjustment, each step's seasonal factor beside it (1 in the padding)."""
+        self._buffer_for_predict = stage == "predict"
         values, covariates, seasons, self.offsets = [], [], [], []
         position = 0
         for series in self.series:

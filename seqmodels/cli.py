@@ -43,7 +43,7 @@ from seqmodels.finetuning import scheduler_interval, split_param_groups
 from seqmodels.export import Format, export
 from seqmodels.preprocessing import from_checkpoint
 from seqmodels.runtime import tune_allocator
-from seqmodels.tasks import ClassifierEnsemble, ForecastEnsemble, Forecaster, GlobalForecaster
+from seqmodels.tasks import Ensemble, Forecaster, GlobalForecaster
 from seqmodels.tasks.ensemble import read_member
 from seqmodels.training import NonFiniteLossError, RandomState, TrainingGuard
 
@@ -65,8 +65,7 @@ class SeqTrainer(L.Trainer):
             output: the graph's file; ``<output>.json`` (and for a classifier
                 ``<output>.tokenizer.json``) are written beside it.
         """
-        ensemble = isinstance(model, (ClassifierEnsemble, ForecastEnsemble))
-        if not output or not (ckpt_path or ensemble):
+        if not output or not (ckpt_path or isinstance(model, Ensemble)):
             raise InvalidInputError("export needs --ckpt_path (a .ckpt file, 'last' or 'best') and --output (the file "
                                     "to write, e.g. model.onnx); an ensemble's config needs only --output.")
         if ckpt_path:

@@ -41,7 +41,7 @@ from seqmodels.backbones import Backbone
 from seqmodels.errors import InvalidInputError, MissingInputError
 from seqmodels.files import atomic_path, atomic_write
 from seqmodels.preprocessing import PanelTransform, SeriesTransform, WordTokenizer, to_checkpoint
-from seqmodels.tasks import (CharLanguageModel, ClassifierEnsemble, ForecastEnsemble, Forecaster, GlobalForecaster,
+from seqmodels.tasks import (CharLanguageModel, ClassifierEnsemble, Ensemble, Forecaster, GlobalForecaster,
                              SequenceClassifier)
 from seqmodels.tasks.ensemble import member_median
 from seqmodels.tasks.classification import pool
@@ -164,7 +164,7 @@ class CharGraph(nn.Module):
 def graph_of(model: torch.nn.Module) -> tuple[nn.Module, tuple[Tensor, ...], list[str], list[str], dict[str, Any]]:
     """The servable module of a task (a float32 CPU copy: the model itself is left as it is), an
     example input, input and output names, dynamic axes."""
-    if isinstance(model, (ClassifierEnsemble, ForecastEnsemble)):
+    if isinstance(model, Ensemble):
         graph, example, inputs, outputs, axes = graph_of(model.members[0])
         if isinstance(model, ClassifierEnsemble):
             return (ClassifierEnsembleGraph([_detached(ClassifierGraph(m)) for m in model.members]),
@@ -259,7 +259,7 @@ def _fixed_time(model, example: tuple[Tensor, ...], axes: dict[str, Any]) -> tup
     call (feed a prompt character by character, carrying the state); a classifier's, reviews padded
     on the left to ``eval_max_length`` tokens, as its tokenizer file pads them. Packed right-padded
     batches cannot be exported this way."""
-    if isinstance(model, (ClassifierEnsemble, ForecastEnsemble)):
+    if isinstance(model, Ensemble):
         model = model.members[0]  # the members read alike: the first one's inputs are the ensemble's
     if isinstance(model, CharLanguageModel):
         example = (example[0][:, :1], *example[1:])
@@ -292,7 +292,7 @@ def _exported_program(graph: nn.Module, example: tuple[Tensor, ...], inputs: lis
 def _write_metadata(model, format: str, output: Path, inputs: list[str], outputs: list[str]) -> Path:
     meta = {"task": type(model).__name__, "format": format, "inputs": inputs, "outputs": outputs,
             "preprocessing": to_checkpoint(model.preprocessor)}
-    if isinstance(model, (ClassifierEnsemble, ForecastEnsemble)):
+    if isinstance(model, Ensemble):
         meta["members"] = list(model.hparams.checkpoints)
         model = model.members[0]  # labels, window, quantiles: the members', alike
     if isinstance(model, SequenceClassifier):

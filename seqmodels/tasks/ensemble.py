@@ -20,11 +20,16 @@ from seqmodels.tasks.global_forecasting import (Forecast, GlobalForecaster, fore
                                                 update_metrics)
 
 
-class _Ensemble(PreprocessedTask):
+class Ensemble(PreprocessedTask):
     """Members loaded from their checkpoints, all of ``member_type`` and read with one preprocessing
-    object; for ``validate``, ``test`` and ``predict`` (``fit`` trains the members, one by one)."""
+    object (the first member's); for ``validate``, ``test``, ``predict`` and ``export`` (``fit``
+    trains the members, one by one)."""
 
     member_type: type[PreprocessedTask]
+
+    @property
+    def prediction_file(self) -> str:  # predict writes what one member would
+        return self.member_type.prediction_file
 
     def __init__(self, checkpoints: Sequence[str]) -> None:
         super().__init__()
@@ -40,6 +45,7 @@ class _Ensemble(PreprocessedTask):
         for path, member in zip(checkpoints[1:], members[1:]):
             self._check_alike(members[0], member, f"The models {checkpoints[0]} and {path}")
         self.members = nn.ModuleList(member.eval() for member in members)
+        self.preprocessor = members[0].preprocessor
 
     def _load_member(self, path: str) -> PreprocessedTask:
         checkpoint = read_member(path)
@@ -54,8 +60,18 @@ class _Ensemble(PreprocessedTask):
     def _check_alike(self, first: Any, other: Any, which: str) -> None:
         """Refuse a member that would read the data, or answer, differently from the first."""
 
+    def _reads_alike(self, a: Any, b: Any) -> bool:
+        """Whether two preprocessing objects turn the same data into the same model inputs."""
+        raise NotImplementedError
 
-class ClassifierEnsemble(Classifications, _Ensemble):
+    def check_preprocessor(self, preprocessor: Any) -> None:
+        self.members[0].check_preprocessor(preprocessor)  # the kind and sizes a member needs
+        if self._preprocessor is not None and not self._reads_alike(preprocessor, self._preprocessor):
+            raise InvalidInputError("The data was read with other preprocessing than the ensemble's members were "
+                                    "trained with; let the data module take the members' (the CLI does).")
+
+
+class ClassifierEnsemble(Classifications, Ensemble):
     """The mean of several trained :class:`SequenceClassifier` s' class probabilities.
 
     Built from the members' checkpoints for ``validate``, ``test`` and ``predict``::
@@ -78,30 +94,23 @@ class ClassifierEnsemble(Classifications, _Ensemble):
 
     member_type = SequenceClassifier
     preprocessor: WordTokenizer | None
-    prediction_file = "predictions.jsonl"
 
     def __init__(self, checkpoints: Sequence[str]) -> None:
         super().__init__(checkpoints)
         first = self.members[0]
         self.labels = first.labels
         self._add_metrics(first.hparams.num_classes)
-        self.preprocessor = first.preprocessor
+
+    def _reads_alike(self, a: WordTokenizer, b: WordTokenizer) -> bool:
+        return a.vocabulary() == b.vocabulary()
 
     def _check_alike(self, first: SequenceClassifier, other: SequenceClassifier, which: str) -> None:
-        if other.preprocessor.vocabulary() != first.preprocessor.vocabulary():
+        if not self._reads_alike(first.preprocessor, other.preprocessor):
             raise InvalidInputError(f"{which} read text with different tokenizers, so a review would reach them as "
                                     "different ids. Ensemble classifiers that share one tokenizer, such as "
                                     "fine-tunes of one language model.")
         if other.labels != first.labels:
             raise InvalidInputError(f"{which} name their classes differently ({first.labels} and {other.labels}).")
-
-    def check_preprocessor(self, preprocessor: WordTokenizer) -> None:
-        if not isinstance(preprocessor, WordTokenizer):
-            raise InvalidInputError(f"A ClassifierEnsemble reads words: it needs a WordTokenizer, got "
-                                    f"{type(preprocessor).__name__}. Pair it with the IMDB data module.")
-        if self._preprocessor is not None and preprocessor.vocabulary() != self._preprocessor.vocabulary():
-            raise InvalidInputError("The data was read with another tokenizer than the ensemble's members were "
-                                    "trained with; let the data module take the members' (the CLI does).")
 
     def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Token ids ``(batch, time)`` -> log of the members' mean class probabilities ``(batch, classes)``."""
@@ -109,7 +118,7 @@ class ClassifierEnsemble(Classifications, _Ensemble):
         return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
 
 
-class ForecastEnsemble(_Ensemble):
+class ForecastEnsemble(Ensemble):
     """Several trained :class:`GlobalForecaster` s as one: per series, step and level, the median of
     the members' quantiles, and of their point forecasts.
 
@@ -132,17 +141,18 @@ class ForecastEnsemble(_Ensemble):
 
     member_type = GlobalForecaster
     preprocessor: PanelTransform | None
-    prediction_file = "forecast.csv"
 
     def __init__(self, checkpoints: Sequence[str]) -> None:
         super().__init__(checkpoints)
         first = self.members[0]
         self.register_buffer("levels", first.levels.clone(), persistent=False)
         self.val_metrics, self.test_metrics = ForecastMetrics(), ForecastMetrics()
-        self.preprocessor = first.preprocessor
+
+    def _reads_alike(self, a: PanelTransform, b: PanelTransform) -> bool:
+        return a.state_dict() == b.state_dict()
 
     def _check_alike(self, first: GlobalForecaster, other: GlobalForecaster, which: str) -> None:
-        if other.preprocessor.state_dict() != first.preprocessor.state_dict():
+        if not self._reads_alike(first.preprocessor, other.preprocessor):
             raise InvalidInputError(f"{which} read the series with different transforms (log, seasonal adjustment "
                                     "or covariates); ensemble forecasters trained with the same data settings.")
         for name in ("window", "horizon"):
@@ -152,11 +162,6 @@ class ForecastEnsemble(_Ensemble):
         if not torch.equal(other.levels, first.levels):
             raise InvalidInputError(f"{which} forecast different quantile levels ({first.levels.tolist()} and "
                                     f"{other.levels.tolist()}).")
-
-    def check_preprocessor(self, preprocessor: PanelTransform) -> None:
-        if not isinstance(preprocessor, PanelTransform):
-            raise InvalidInputError(f"A ForecastEnsemble reads panels of series: it needs a PanelTransform, got "
-                                    f"{type(preprocessor).__name__}. Pair it with datamodules.PanelDataModule.")
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
