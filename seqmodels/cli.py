@@ -327,13 +327,15 @@ class SeqCLI(LightningCLI):
         linked from it, so nothing has to be fitted on (or even read from) the training data."""
         checkpoint = self._checkpoint
         init_args = self._active(self.config)["model"].get("init_args") or {}
-        if checkpoint is None and init_args.get("init_from"):
+        language_model = next((key for key in ("init_from", "init_backward_from") if init_args.get(key)), None)
+        if checkpoint is None and language_model:
             # A classifier fine-tuned from a pretrained language model reads the data with its tokenizer.
             try:
-                checkpoint = load_checkpoint(init_args["init_from"])
+                checkpoint = load_checkpoint(init_args[language_model])
             except CheckpointError as error:
-                raise CheckpointError(f"model.init_from: {error} For init_from, give a language model's checkpoint "
-                                      "(python main.py fit --config configs/imdb_lm.yaml writes one).") from None
+                raise CheckpointError(f"model.{language_model}: {error} For {language_model}, give a language "
+                                      "model's checkpoint (python main.py fit --config configs/imdb_lm.yaml writes "
+                                      "one).") from None
         elif checkpoint is None and init_args.get("checkpoints"):
             # An ensemble reads the data with its members' tokenizer (it checks that they share one).
             checkpoint = read_member(init_args["checkpoints"][0])

@@ -138,6 +138,23 @@ def test_init_from_copies_exactly_the_language_models_weights(pretrained, review
     assert model.preprocessor.vocabulary() == forward.preprocessor.vocabulary()
 
 
+def test_init_backward_from_alone_gives_the_embedding_and_the_backward_direction(pretrained, reviews):
+    """ULMFiT's backward classifier: the mirror image of init_from alone, to ensemble with a forward one."""
+    forward, backward = (WordLanguageModel.load_from_checkpoint(p) for p in pretrained)
+    main(["fit", *_classifier_args(reviews, 8, "--model.init_backward_from", str(pretrained[1]),
+                                   "--model.gradual_unfreezing", "true", "--trainer.max_epochs", "1")])
+    model = SequenceClassifier.load_from_checkpoint(
+        reviews / "lightning_logs" / "imdb_lstm" / "version_0" / "checkpoints" / "last.ckpt")
+    assert torch.equal(model.embedding.weight[1:], backward.embedding_weight()[1:].detach())
+    assert not torch.equal(model.embedding.weight[1:], forward.embedding_weight()[1:].detach())
+    for name, weight in backward.backbone.named_parameters():
+        assert torch.equal(getattr(model.backbone, f"{name}_reverse"), weight), name
+        assert not torch.equal(getattr(model.backbone, name), weight), name  # the forward direction: random
+    assert model.preprocessor.vocabulary() == backward.preprocessor.vocabulary()
+    with pytest.raises(SystemExit, match="error: model.init_backward_from: Checkpoint .*absent.ckpt does not exist"):
+        main(["fit", *_classifier_args(reviews, 8, "--model.init_backward_from", str(reviews / "absent.ckpt"))])
+
+
 def _classifier(tokenizer, hidden=8, cell=LSTM, bidirectional=True):
     model = SequenceClassifier(60, lambda n: cell(n, hidden, bidirectional=bidirectional), embedding_dim=8)
     model.preprocessor = tokenizer

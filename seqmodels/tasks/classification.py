@@ -161,9 +161,12 @@ class SequenceClassifier(Classifications, PreprocessedTask):
         init_backward_from: the checkpoint of a language model trained on reversed text
             (``--data.reverse true``), for the backward direction of a bidirectional backbone.
             Without it that direction starts from random weights (the forward model's weights would
-            read the text backwards with weights that learnt to read it forwards). Both directions
-            read the forward model's embedding, so pretrain the backward model on those vectors
-            (``WordLanguageModel(embedding_from=...)``); a warning says when it learnt its own.
+            read the text backwards with weights that learnt to read it forwards). With
+            ``init_from`` too, both directions read the forward model's embedding, so pretrain the
+            backward model on those vectors (``WordLanguageModel(embedding_from=...)``); a warning
+            says when it learnt its own. Alone, it gives the embedding as well, and the forward
+            direction starts from random weights: the mirror image of ``init_from`` alone, a
+            classifier to ensemble with a forward one (ULMFiT's forward and backward classifiers).
         layer_lr_decay: discriminative learning rates (ULMFiT's 2.6): the head trains at the
             optimizer's ``lr``, each layer group below it (backbone layers, then the embedding) at the
             rate of the one above divided by this; 1 keeps one rate.
@@ -191,9 +194,6 @@ class SequenceClassifier(Classifications, PreprocessedTask):
             raise InvalidInputError(f"labels names {len(labels)} classes but num_classes is {num_classes}.")
         if layer_lr_decay <= 0:
             raise InvalidInputError(f"layer_lr_decay must be positive (ULMFiT uses 2.6), got {layer_lr_decay}.")
-        if init_backward_from and not init_from:
-            raise InvalidInputError("init_backward_from needs init_from too: the embedding comes from the forward "
-                                    "language model.")
         self.save_hyperparameters()
         self.labels = labels
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
@@ -210,39 +210,41 @@ class SequenceClassifier(Classifications, PreprocessedTask):
         # Before Lightning restores a checkpoint's weights, so a resumed run keeps what it learnt.
         if stage == "fit" and self.hparams.embeddings:
             self.load_word_vectors(self.hparams.embeddings)
-        if stage == "fit" and self.hparams.init_from:
+        if stage == "fit" and (self.hparams.init_from or self.hparams.init_backward_from):
             copied = self.initialise_from(self.hparams.init_from, self.hparams.init_backward_from)
             print(f"Initialised from the language model(s): {len(copied)} tensors ({', '.join(copied)}).")
 
     @torch.no_grad()
-    def initialise_from(self, forward: str, backward: str | None = None) -> list[str]:
-        """Copy a word language model's embedding and backbone into this classifier; returns the names
+    def initialise_from(self, forward: str | None, backward: str | None = None) -> list[str]:
+        """Copy word language models' embedding and backbones into this classifier; returns the names
         of the tensors written.
 
-        ``forward``'s embedding rows (all but padding, row 0) and its backbone's weights go to this
-        backbone's forward direction; ``backward``'s backbone (a model trained with ``data.reverse``)
-        to the backward direction. The vocabularies must be the same words with the same ids, and the
-        embedding size, cell, ``hidden_size`` and ``num_layers`` the same; anything else is refused
-        before a tensor is written.
+        ``forward``'s backbone weights go to this backbone's forward direction, ``backward``'s (a model
+        trained with ``data.reverse``) to the backward direction; the embedding rows (all but padding,
+        row 0) come from ``forward``, or from ``backward`` when it is the only one. The vocabularies must
+        be the same words with the same ids, and the embedding size, cell, ``hidden_size`` and
+        ``num_layers`` the same; anything else is refused before a tensor is written.
         """
+        if forward is None and backward is None:
+            raise InvalidInputError("initialise_from needs a forward or a backward language model checkpoint.")
         if backward is not None and self.backbone.num_directions != 2:
             raise InvalidInputError("init_backward_from initialises the backward direction, but this backbone is "
                                     "unidirectional: set bidirectional true or drop init_backward_from.")
         plan: list[tuple[str, Tensor, Tensor]] = []
         own = dict(self.named_parameters())
-        for path, suffix in ((forward, ""), (backward, "_reverse")):
+        for path, suffix, option in ((forward, "", "init_from"), (backward, "_reverse", "init_backward_from")):
             if path is None:
                 continue
-            state = self._language_model_state(path)
-            if not suffix:
-                embedding = forward_vectors = state.pop("embedding")
+            state = self._language_model_state(path, option)
+            if not plan:  # the first model given brings the embedding
+                embedding = vectors = state.pop("embedding")
                 if embedding.shape[1] != self.hparams.embedding_dim:
                     raise InvalidInputError(
                         f"The language model {path} has {embedding.shape[1]}-dimensional word vectors but "
                         f"model.embedding_dim is {self.hparams.embedding_dim}; use the language model's size.")
                 rows = min(len(embedding), self.embedding.num_embeddings)
                 plan.append(("embedding.weight", self.embedding.weight[1:rows], embedding[1:rows]))
-            elif not torch.equal(state.pop("embedding"), forward_vectors):
+            elif not torch.equal(state.pop("embedding"), vectors):
                 # Measured: a backward LSTM that learnt other word vectors than the shared embedding
                 # fine-tuned to 90.12% test accuracy, against 91.05% leaving that direction random.
                 warnings.warn(
@@ -263,10 +265,10 @@ class SequenceClassifier(Classifications, PreprocessedTask):
             destination.copy_(source.to(destination))
         return list(dict.fromkeys(name for name, _, _ in plan))
 
-    def _language_model_state(self, path: str) -> dict[str, Tensor]:
+    def _language_model_state(self, path: str, option: str) -> dict[str, Tensor]:
         from seqmodels.tasks.language_model import language_model_weights
 
-        return language_model_weights(path, self.require_preprocessor(), "init_from")
+        return language_model_weights(path, self.require_preprocessor(), option)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters from the bottom up: embedding, each backbone layer, head."""
