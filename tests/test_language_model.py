@@ -173,6 +173,15 @@ def test_init_from_refuses_another_vocabulary_or_size_before_writing_anything(pr
         with pytest.raises(InputError, match=message):
             model.initialise_from(str(pretrained[0]), str(pretrained[1]))
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # A language model given for the other direction would read every review the wrong way round.
+    for arguments, message in (((str(pretrained[1]),), "trained on reversed text .*Give it as --model.init_backward_from"),
+                               ((None, str(pretrained[0])), "trained on forward text .*Give it as --model.init_from"),
+                               ((str(pretrained[1]), str(pretrained[0])), "trained on reversed text")):
+        model = _classifier(lm_tokenizer)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(InputError, match=message):
+            model.initialise_from(*arguments)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(InputError, match="unidirectional"):
         _classifier(lm_tokenizer, bidirectional=False).initialise_from(str(pretrained[0]), str(pretrained[1]))
     with pytest.raises(InputError, match="not a WordLanguageModel checkpoint"):

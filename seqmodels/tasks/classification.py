@@ -235,7 +235,7 @@ class SequenceClassifier(Classifications, PreprocessedTask):
         for path, suffix, option in ((forward, "", "init_from"), (backward, "_reverse", "init_backward_from")):
             if path is None:
                 continue
-            state = self._language_model_state(path, option)
+            state = self._language_model_state(path, option, reverse=bool(suffix))
             if not plan:  # the first model given brings the embedding
                 embedding = vectors = state.pop("embedding")
                 if embedding.shape[1] != self.hparams.embedding_dim:
@@ -265,10 +265,10 @@ class SequenceClassifier(Classifications, PreprocessedTask):
             destination.copy_(source.to(destination))
         return list(dict.fromkeys(name for name, _, _ in plan))
 
-    def _language_model_state(self, path: str, option: str) -> dict[str, Tensor]:
+    def _language_model_state(self, path: str, option: str, reverse: bool) -> dict[str, Tensor]:
         from seqmodels.tasks.language_model import language_model_weights
 
-        return language_model_weights(path, self.require_preprocessor(), option)
+        return language_model_weights(path, self.require_preprocessor(), option, reverse)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters from the bottom up: embedding, each backbone layer, head."""

@@ -142,9 +142,11 @@ def tied_embedding(head: Tensor, cluster_weights: Sequence[Tensor], shortlist: i
     return torch.cat([head[:shortlist], *cluster_weights])
 
 
-def language_model_weights(path: str, tokenizer: WordTokenizer, option: str) -> dict[str, Tensor]:
+def language_model_weights(path: str, tokenizer: WordTokenizer, option: str,
+                           reverse: bool | None = None) -> dict[str, Tensor]:
     """A :class:`WordLanguageModel` checkpoint's backbone weights (by their backbone names) and its
-    input embedding (``"embedding"``), after checking that it reads the same words as ``tokenizer``;
+    input embedding (``"embedding"``), after checking that it reads the same words as ``tokenizer``
+    and, unless ``reverse`` is None, that it read the text in that direction (``data.reverse``);
     ``option`` names the setting that asked for it, for the error messages."""
     from seqmodels.checkpoints import load_checkpoint
     from seqmodels.preprocessing import from_checkpoint
@@ -154,6 +156,14 @@ def language_model_weights(path: str, tokenizer: WordTokenizer, option: str) -> 
     if "cutoffs" not in hparams or "preprocessor" not in checkpoint:
         raise InvalidInputError(f"{path} is not a WordLanguageModel checkpoint (pretrain one with "
                                 f"configs/imdb_lm.yaml); {option} needs its embedding, backbone and tokenizer.")
+    read_reversed = (checkpoint.get("datamodule_hyper_parameters") or {}).get("reverse")
+    if reverse is not None and read_reversed is not None and read_reversed != reverse:
+        trained, other = ("reversed", "--model.init_backward_from") if read_reversed else ("forward", "--model.init_from")
+        raise InvalidInputError(
+            f"The language model {path} was trained on {trained} text (data.reverse {str(read_reversed).lower()}), "
+            f"so its LSTM reads a review {'from the end' if read_reversed else 'from the start'}; as "
+            f"--model.{option} it would read the other way. Give it as {other}, and for --model.{option} a model "
+            f"trained with --data.reverse {str(reverse).lower()}.")
     theirs = from_checkpoint(checkpoint["preprocessor"]).vocabulary()
     ours = tokenizer.vocabulary()
     if theirs != ours:
