@@ -119,12 +119,17 @@ def _raised(t: Tensor, products: torch.dtype | None) -> Tensor:
     return t if products is None else t.float()
 
 
+def _lowered_linear(a: Tensor, low_weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``a @ low_weight^T + bias`` in float32, the product taking ``a`` in ``low_weight``'s dtype."""
+    out = F.linear(a.to(low_weight.dtype), low_weight).float()
+    return out if bias is None else out.add_(bias)
+
+
 def _project(x2d: Tensor, w_ih: Tensor, bias: Tensor | None, products: torch.dtype | None) -> Tensor:
     """``x2d @ w_ih^T + bias`` in float32, the product itself in ``products`` precision if given."""
     if products is None:
         return F.linear(x2d, w_ih, bias)
-    out = F.linear(x2d.to(products), w_ih.to(products)).float()
-    return out if bias is None else out.add_(bias)
+    return _lowered_linear(x2d, w_ih.to(products), bias)
 
 
 def _step_weight(weight: Tensor, rows: int, products: torch.dtype | None) -> Tensor:
@@ -134,10 +139,13 @@ def _step_weight(weight: Tensor, rows: int, products: torch.dtype | None) -> Ten
 
 def _step(h: Tensor, weight: Tensor, products: torch.dtype | None, bias: Tensor | None = None) -> Tensor:
     """One step's recurrent product ``h @ weight^T + bias`` in float32 (``weight`` from :func:`_step_weight`)."""
-    if products is None:
-        return _linear(h, weight, bias)
-    out = F.linear(h.to(products), weight).float()
-    return out if bias is None else out.add_(bias)
+    return _linear(h, weight, bias) if products is None else _lowered_linear(h, weight, bias)
+
+
+def _weight_grad(low_grad: Tensor, inputs: Tensor, products: torch.dtype | None) -> Tensor:
+    """A weight's gradient over all steps, ``low_grad^T @ inputs``, given the products' gradient
+    already in ``products`` precision; float32 out."""
+    return _raised(low_grad.t() @ _lowered(inputs, products), products)
 
 
 def _once(ctx) -> None:
@@ -157,7 +165,7 @@ def _grads_of_projection(ctx, d_proj: Tensor, x2d: Tensor, w_ih: Tensor):
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     low = _lowered(d_proj, ctx.products)
     d_x = _raised(F.linear(low, _lowered(w_ih.t(), ctx.products)), ctx.products).view(ctx.x_shape) if need_x else None
-    d_w = _raised(low.t() @ _lowered(x2d, ctx.products), ctx.products) if need_w else None  # MKL: 2.9x oneDNN's speed
+    d_w = _weight_grad(low, x2d, ctx.products) if need_w else None  # MKL: 2.9x oneDNN's speed
     d_b = d_proj.sum(0) if need_b else None
     return d_x, d_w, d_b, low
 
@@ -224,8 +232,7 @@ class _RNNLayer(torch.autograd.Function):
                 dh = _step(d_pre, w_t, ctx.products).addcmul_(dh, ~mask[t])  # a carried state passes its gradient on
         d_pre = acts.view(steps * batch, -1)
         d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_pre, x2d, w_ih)
-        d_w_hh = _raised(low.t() @ _lowered(hs[:-1].flatten(0, 1), ctx.products), ctx.products) \
-            if ctx.needs_input_grad[4] else None
+        d_w_hh = _weight_grad(low, hs[:-1].flatten(0, 1), ctx.products) if ctx.needs_input_grad[4] else None
         return d_x, d_w_ih, d_b, dh, d_w_hh, None, None, None
 
 
@@ -289,8 +296,7 @@ class _LSTMLayer(torch.autograd.Function):
             dh, dc = dh_prev, dc_prev
         d_gates = acts.view(steps * batch, -1)
         d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_gates, x2d, w_ih)
-        d_w_hh = _raised(low.t() @ _lowered(hs[:-1].flatten(0, 1), ctx.products), ctx.products) \
-            if ctx.needs_input_grad[5] else None
+        d_w_hh = _weight_grad(low, hs[:-1].flatten(0, 1), ctx.products) if ctx.needs_input_grad[5] else None
         return d_x, d_w_ih, d_b, dh, dc, d_w_hh, None, None
 
 
@@ -354,8 +360,8 @@ class _GRULayer(torch.autograd.Function):
             dh = dh_prev
         d_x, d_w_ih, d_b_ih, _ = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih)
         flat_d_hp = d_hp.view(steps * batch, -1)
-        d_w_hh = (_raised(_lowered(flat_d_hp, ctx.products).t() @ _lowered(hs[:-1].flatten(0, 1), ctx.products),
-                          ctx.products) if ctx.needs_input_grad[4] else None)
+        d_w_hh = (_weight_grad(_lowered(flat_d_hp, ctx.products), hs[:-1].flatten(0, 1), ctx.products)
+                  if ctx.needs_input_grad[4] else None)
         d_b_hh = flat_d_hp.sum(0) if ctx.has_b_hh and ctx.needs_input_grad[5] else None
         return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None
 

@@ -52,4 +52,3 @@ def limit_onednn_caches(capacity: int = 16) -> None:
     this runs when :mod:`seqmodels` is imported, before any."""
     for name in _CACHE_VARIABLES:
         os.environ.setdefault(name, str(capacity))
-

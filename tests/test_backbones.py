@@ -1,4 +1,6 @@
+import os
 import random
+import subprocess
 import sys
 
 import pytest
@@ -420,10 +422,8 @@ def test_bf16_autocast_leaves_evaluation_and_cpus_without_bf16_in_float32(cell, 
 def test_importing_seqmodels_bounds_onednns_kernel_caches_unless_the_user_chose():
     """bf16 training products meet a new shape at nearly every ragged batch, and oneDNN and ideep keep
     a kernel per shape (8.5 GB in an IMDB fine-tune before the bound; benchmarks/bf16_memory.py)."""
-    import subprocess
-
     show = "import os, seqmodels; print(os.environ['LRU_CACHE_CAPACITY'], os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
-    clean = {k: v for k, v in __import__("os").environ.items() if k not in ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")}
     assert subprocess.run([sys.executable, "-c", show], env=clean, capture_output=True, text=True,
                           check=True).stdout.split() == ["16", "16"]
     assert subprocess.run([sys.executable, "-c", show], env={**clean, "LRU_CACHE_CAPACITY": "512"}, capture_output=True,

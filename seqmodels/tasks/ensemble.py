@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextvars
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from seqmodels.tasks.global_forecasting import (Forecast, GlobalForecaster, fore
                                                 update_metrics)
 
 
-class Ensemble(PreprocessedTask):
+class Ensemble(PreprocessedTask, abc.ABC):
     """Members loaded from their checkpoints, all of ``member_type`` and read with one preprocessing
     object (the first member's); for ``validate``, ``test``, ``predict`` and ``export`` (``fit``
     trains the members, one by one)."""
@@ -57,12 +58,13 @@ class Ensemble(PreprocessedTask):
                 f"{saved_by or 'an unknown model'}). List the checkpoints of {expected} runs.")
         return self.member_type.load_from_checkpoint(path, map_location="cpu", weights_only=True)
 
+    @abc.abstractmethod
     def _check_alike(self, first: Any, other: Any, which: str) -> None:
         """Refuse a member that would read the data, or answer, differently from the first."""
 
+    @abc.abstractmethod
     def _reads_alike(self, a: Any, b: Any) -> bool:
         """Whether two preprocessing objects turn the same data into the same model inputs."""
-        raise NotImplementedError
 
     def check_preprocessor(self, preprocessor: Any) -> None:
         self.members[0].check_preprocessor(preprocessor)  # the kind and sizes a member needs
