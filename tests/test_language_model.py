@@ -105,6 +105,21 @@ def test_the_language_model_learns_a_repeated_text_far_below_the_unigram_entropy
     assert trainer.callback_metrics["val/ppl"] == pytest.approx(math.exp(loss), rel=1e-4)
 
 
+@pytest.mark.parametrize("impl", ["native", "scratch"])
+def test_bf16_mixed_precision_trains_and_scores_the_language_model(reviews, impl):
+    """The adaptive softmax scores in float32 under autocast (its output buffer is float32), so a
+    bf16 run's loss and perplexity are the float32 ones up to bf16's rounding of the features."""
+    runs = reviews / "runs"
+    args = [*CONFIGS_LM, *_lm_args(reviews), "--model.backbone.init_args.impl", impl, "--trainer.default_root_dir", str(runs),
+            "--model.cutoffs", "[10, 30]"]  # most words in the two tail clusters
+    cli = SeqCLI(args=["fit", *args, "--trainer.precision", "bf16-mixed", "--run_name", "bf16"])
+    assert cli.trainer.precision == "bf16-mixed"
+    bf16 = cli.trainer.callback_metrics["val/ppl"]
+    assert torch.isfinite(bf16)
+    float32 = SeqCLI(args=["fit", *args, "--run_name", "fp32"]).trainer.callback_metrics["val/ppl"]
+    assert bf16 == pytest.approx(float32, rel=0.05)
+
+
 def test_tied_weights_are_one_table_for_input_and_output():
     model = WordLanguageModel(50, lambda n: LSTM(n, 12), embedding_dim=6, cutoffs=[10, 30])
     table = model.embedding_weight()

@@ -109,11 +109,13 @@ class WordLanguageModel(StreamedLanguageModel):
         """Log-probabilities of every next word ``(batch, time, vocab_size)`` (for inspection; training
         and evaluation score only the words that come)."""
         features, _ = self(ids)
-        return self.output.log_prob(features.flatten(0, 1).float()).view(*ids.shape, -1)
+        with _float32(features):
+            return self.output.log_prob(features.flatten(0, 1).float()).view(*ids.shape, -1)
 
     def stream_loss(self, inputs: Tensor, targets: Tensor, state) -> tuple[Tensor, object]:
         features, state = self(inputs, state)
-        return self.output(features.flatten(0, 1).float(), targets.flatten()).loss, state
+        with _float32(features):
+            return self.output(features.flatten(0, 1).float(), targets.flatten()).loss, state
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
@@ -186,6 +188,12 @@ def embedding_from_state(state: Mapping[str, Tensor], hparams: Mapping) -> Tenso
     cutoffs = [c for c in hparams["cutoffs"] if c < hparams["vocab_size"] - 1] or [hparams["vocab_size"] - 1]
     return tied_embedding(state["output.head.weight"], [state[f"output.tail.{i}.1.weight"] for i in clusters],
                           cutoffs[0])
+
+
+def _float32(features: Tensor):
+    """Autocast off for the adaptive softmax: it gathers its clusters' log-probabilities into a
+    float32 buffer, which refuses the lower-precision ones autocast would give (bf16/fp16-mixed)."""
+    return torch.autocast(features.device.type, enabled=False)
 
 
 def _locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
