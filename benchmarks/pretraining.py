@@ -110,7 +110,8 @@ def positive_probabilities(checkpoint: str) -> dict[str, tuple]:
     from datamodules import IMDBDataModule
     from seqmodels.tasks import SequenceClassifier
 
-    model = SequenceClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = SequenceClassifier.load_from_checkpoint(checkpoint, map_location=device).eval()
     data = IMDBDataModule.load_from_checkpoint(checkpoint)
     data.preprocessor = model.require_preprocessor()
     data.setup("fit")  # encodes the test split too
@@ -119,7 +120,9 @@ def positive_probabilities(checkpoint: str) -> dict[str, tuple]:
         for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
             probabilities, labels = [], []
             for batch in loader:
-                probabilities.append(model(batch["input_ids"], batch.get("lengths")).float().softmax(-1)[:, 1])
+                lengths = batch.get("lengths")
+                logits = model(batch["input_ids"].to(device), None if lengths is None else lengths.to(device))
+                probabilities.append(logits.float().softmax(-1)[:, 1].cpu())
                 labels.append(batch["labels"])
             scored[split] = (torch.cat(probabilities), torch.cat(labels))
     return scored
