@@ -28,8 +28,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist. Pass the path of a .ckpt file, or 'last' to resume "
-                              "the newest run of this run_name.")
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
         raise CheckpointError(
             f"Checkpoint {path} is truncated or corrupt: it is not a PyTorch checkpoint archive (or is one "

@@ -291,7 +291,12 @@ class SeqCLI(LightningCLI):
                 self._resume_version = version
             path = str(resolved)
         if path and path not in ("hpc", "registry"):
-            self._checkpoint = load_checkpoint(path)
+            try:
+                self._checkpoint = load_checkpoint(path)
+            except CheckpointError as error:
+                hint = (" Pass the path of a .ckpt file, or 'last' (or 'best') for the newest run of this run_name."
+                        if not Path(path).exists() else "")
+                raise CheckpointError(f"ckpt_path: {error}{hint}") from None
 
     def _add_instantiators(self) -> None:
         super()._add_instantiators()

@@ -233,8 +233,14 @@ def test_predict_with_a_language_model_says_what_to_do_instead(pretrained, revie
 
 
 def test_a_missing_language_model_checkpoint_is_one_clear_error(reviews):
-    with pytest.raises(SystemExit, match="error: model.init_from: Checkpoint .*absent.ckpt does not exist.*imdb_lm.yaml"):
+    with pytest.raises(SystemExit, match="error: model.init_from: Checkpoint .*absent.ckpt does not exist.*imdb_lm.yaml") as exit:
         main(["fit", *_classifier_args(reviews, 8, "--model.init_from", str(reviews / "absent.ckpt"))])
+    assert "'last'" not in str(exit.value)  # resuming is --ckpt_path's business, not a language model's
+
+
+def test_a_missing_ckpt_path_names_the_option_and_last_and_best(reviews):
+    with pytest.raises(SystemExit, match="error: ckpt_path: Checkpoint .*absent.ckpt does not exist.*'last'.*'best'"):
+        main(["test", *_classifier_args(reviews, 8), "--ckpt_path", str(reviews / "absent.ckpt")])
 
 
 def test_a_backward_model_can_learn_to_read_the_forward_models_fixed_word_vectors(pretrained, reviews):
