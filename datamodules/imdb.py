@@ -275,7 +275,10 @@ class IMDBDataModule(L.LightningDataModule):
         tokenizer_file = cache_dir(self.hparams.cache_dir) / f"imdb-tokenizer-{key}.json"
         if tokenizer_file.is_file():
             return WordTokenizer(tokenizer_file.read_text(encoding="utf-8"), **self._reading())
-        tokenizer = WordTokenizer.fit(train["text"], self.hparams.vocab_size, self.hparams.min_frequency,
+        # All texts through Arrow at once: iterating datasets' lazy column fetches them one row at a
+        # time, 0.36 s against 0.05 s for the 22,500 training reviews.
+        texts = train.with_format("arrow")[:]["text"].to_pylist()
+        tokenizer = WordTokenizer.fit(texts, self.hparams.vocab_size, self.hparams.min_frequency,
                                       **self._reading())
         tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(tokenizer_file, lambda f: f.write(tokenizer.tokenizer_json))
