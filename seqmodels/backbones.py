@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -167,6 +168,7 @@ class _RecurrentBackbone:
         return outputs, state
 
     def _forward_scratch(self, x: Tensor, lengths: Tensor | None, state: State | None) -> tuple[Tensor, State]:
+        warn_if_scratch_is_slow_on(x.device)
         dtype = self.weight_ih_l0.dtype
         # The recurrence runs in the parameters' dtype even under autocast: the cell state
         # accumulates over hundreds of steps, where fp16 rounding compounds. Only the matrix
@@ -316,6 +318,16 @@ class GRU(_RecurrentBackbone, nn.GRU):
 
 
 Backbone = RNN | LSTM | GRU
+
+
+def warn_if_scratch_is_slow_on(device: torch.device) -> None:
+    """The scratch cells loop over time steps in Python: on a CPU that is the fast path for ragged
+    batches, on an accelerator each step is a handful of tiny kernel launches (7x slower than cuDNN
+    for IMDB's classifier on an H100, docs/results.md). Python shows a warning once per process."""
+    if device.type != "cpu":
+        warnings.warn(f"impl 'scratch' on {device.type}: its Python loop over time steps is several times slower "
+                      "than the native kernels there (7x for the IMDB classifier on an H100). Set "
+                      "model.backbone.init_args.impl native: the same parameters and the same numbers.", stacklevel=3)
 
 
 @functools.cache

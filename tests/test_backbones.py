@@ -2,6 +2,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -428,3 +429,14 @@ def test_importing_seqmodels_bounds_onednns_kernel_caches_unless_the_user_chose(
                           check=True).stdout.split() == ["16", "16"]
     assert subprocess.run([sys.executable, "-c", show], env={**clean, "LRU_CACHE_CAPACITY": "512"}, capture_output=True,
                           text=True, check=True).stdout.split() == ["512", "16"]
+
+
+def test_scratch_on_an_accelerator_warns_to_use_native():
+    from seqmodels.backbones import warn_if_scratch_is_slow_on
+
+    with pytest.warns(UserWarning, match="impl 'scratch' on cuda.*init_args.impl native"):
+        warn_if_scratch_is_slow_on(torch.device("cuda"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_scratch_is_slow_on(torch.device("cpu"))  # the CPU is where scratch is meant to run
+        LSTM(3, 4, impl="scratch")(torch.zeros(2, 5, 3))
