@@ -117,7 +117,7 @@ def test_bf16_mixed_precision_trains_and_scores_the_language_model(reviews, impl
     bf16 = cli.trainer.callback_metrics["val/ppl"]
     assert torch.isfinite(bf16)
     float32 = SeqCLI(args=["fit", *args, "--run_name", "fp32"]).trainer.callback_metrics["val/ppl"]
-    assert bf16 == pytest.approx(float32, rel=0.05)
+    assert float(bf16) == pytest.approx(float(float32), rel=0.05)
 
 
 def test_tied_weights_are_one_table_for_input_and_output():
