@@ -26,7 +26,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, device: torch.device, repeats: int, warmup: int) -> float:
+def median_ms(fn, device: torch.device, repeats: int, warmup: int) -> float:
     """Median wall time of ``fn`` in milliseconds."""
     for _ in range(warmup):
         fn()
@@ -57,7 +57,7 @@ def measure(cls, impl: str, args, steps: int, device: torch.device) -> tuple[flo
     def infer():
         model(x, lengths=lengths)
 
-    return _time(train_step, device, args.repeats, args.warmup), _time(infer, device, args.repeats, args.warmup)
+    return median_ms(train_step, device, args.repeats, args.warmup), median_ms(infer, device, args.repeats, args.warmup)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """What one training step of the IMDB language model and of the classifier costs at several sizes,
-on random words (Zipf-distributed, as text is), on the GPU when there is one: for choosing sizes
+on random words (Zipf-distributed, as text is), on the GPU when there is one (median of 20 steps after
+5, classifier 10 after 3, timed as benchmarks/backbones.py times): for choosing sizes
 that fit a time budget before a real run (benchmarks/pretraining_gpu.sh).
 
     python benchmarks/step_cost.py
@@ -11,32 +12,16 @@ says otherwise) and ms/step and s/epoch (25,000 reviews of up to 400 words) for 
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 
+from backbones import median_ms
 from machine import describe
 from seqmodels import LSTM
 from seqmodels.tasks import SequenceClassifier, WordLanguageModel
 
 VOCAB = 30_000
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def synchronize() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def seconds_per_step(step, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize()
-    return (time.perf_counter() - start) / steps
 
 
 def words(*shape: int) -> torch.Tensor:
@@ -61,7 +46,7 @@ def language_model(embedding: int, hidden: int, layers: int, batch: int, dtype=t
     model = WordLanguageModel(VOCAB, backbone, embedding_dim=embedding, dropout=0.1).to(DEVICE)
     ids = words(batch, seq + 1)
     step = training_step(model, lambda: model.stream_loss(ids[:, :-1], ids[:, 1:], None)[0], dtype)
-    s = seconds_per_step(step, 20, 5)
+    s = median_ms(step, torch.device(DEVICE), 20, 5) / 1e3
     print(f"| language model | {embedding} | {hidden} x {layers} | {batch} | {dtype} | {s * 1e3:.1f} | "
           f"{batch * seq / s / 1e3:,.0f}k tokens/s |", flush=True)
 
@@ -76,7 +61,7 @@ def classifier(embedding: int, hidden: int, layers: int, impl: str, dtype=torch.
     lengths = lengths.to(DEVICE)
     labels = torch.randint(0, 2, (batch,), device=DEVICE)
     step = training_step(model, lambda: torch.nn.functional.cross_entropy(model(ids, lengths).float(), labels), dtype)
-    s = seconds_per_step(step, 10, 3)
+    s = median_ms(step, torch.device(DEVICE), 10, 3) / 1e3
     print(f"| classifier ({impl}) | {embedding} | {hidden} x {layers}, both ways | {batch} | {dtype} | {s * 1e3:.1f} | "
           f"{25_000 / batch * s:.1f} s/epoch |", flush=True)
 
