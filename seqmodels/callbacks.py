@@ -159,7 +159,7 @@ class ForecastPlot(_PlotAfterFitAndTest):
         x = _time_axis(labels, len(values))
         fig, ax = plt.subplots(figsize=(10, 4))
         ax.plot(x, values.cpu(), color="black", linewidth=1, label="series")
-        starts = torch.arange(max(val_start, window), len(values))
+        starts = torch.arange(max(val_start, window), len(values), device=values.device)
         windows = values[starts[:, None] + torch.arange(-window, 0, device=values.device)]
         one_step = pl_module.predict_next(windows)[:, 0].cpu()
         ax.plot([x[i] for i in starts.tolist()], one_step, label="one-step forecast")

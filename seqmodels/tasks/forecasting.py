@@ -87,10 +87,11 @@ class Forecaster(PreprocessedTask):
     def forecast(self, history: Tensor, steps: int) -> Tensor:
         """Recursive multi-step forecast: each prediction is fed back as the newest value.
 
-        ``history``: raw ``(time,)`` or ``(batch, time)``; returns ``(steps,)`` or ``(batch, steps)``.
+        ``history``: raw ``(time,)`` or ``(batch, time)``, on any device; returns ``(steps,)`` or
+        ``(batch, steps)`` on the history's device.
         """
         squeeze = history.dim() == 1
-        series = history.unsqueeze(0) if squeeze else history
+        series = (history.unsqueeze(0) if squeeze else history).to(self.device)
         context = self.hparams.window or series.shape[1]
         if series.shape[1] < context:
             raise InvalidInputError(
@@ -102,7 +103,7 @@ class Forecaster(PreprocessedTask):
             nxt = self.predict_next(series[:, -context:])[:, :1]
             predictions.append(nxt)
             series = torch.cat([series, nxt], dim=1)
-        out = torch.cat(predictions, dim=1)
+        out = torch.cat(predictions, dim=1).to(history.device)
         return out[0] if squeeze else out
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:

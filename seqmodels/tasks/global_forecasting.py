@@ -35,6 +35,9 @@ class Forecast(NamedTuple):
                         None if self.mean is None else self.mean * factors,
                         None if self.std is None else self.std * factors)
 
+    def to(self, device: torch.device) -> Forecast:
+        return Forecast(*(None if t is None else t.to(device) for t in self))
+
 
 class GlobalForecaster(PreprocessedTask):
     """A recurrent forecaster trained across many series at once (DeepAR's recipe), giving
@@ -181,9 +184,12 @@ class GlobalForecaster(PreprocessedTask):
         return torch.stack(means, 1), torch.stack(stds, 1)
 
     def forecast(self, batch: dict[str, Tensor]) -> Forecast:
-        """The batch's forecasts in the series' units (``batch`` as the panel data module gives it)."""
+        """The batch's forecasts in the series' units (``batch`` as the panel data module gives it, on
+        any device; the forecasts come back on the batch's)."""
+        device = batch["context"].device
+        batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         batch, season = PanelTransform.seasonally_adjusted(batch)
-        return self._adjusted_forecast(batch).times(season)
+        return self._adjusted_forecast(batch).times(season).to(device)
 
     def _adjusted_forecast(self, batch: dict[str, Tensor]) -> Forecast:
         scale = PanelTransform.scale(batch["context"], batch["observed"])
