@@ -71,7 +71,7 @@ def test_the_classifier_starts_from_the_vectors_and_can_keep_them_fixed(in_tmp):
     main(["fit", *args, *QUIET, "--trainer.max_steps", "3", "--model.embeddings", str(path),
           "--model.freeze_embeddings", "true"])
     model = SequenceClassifier.load_from_checkpoint(
-        in_tmp / "lightning_logs" / "imdb_lstm" / "version_0" / "checkpoints" / "last.ckpt")
+        in_tmp / "lightning_logs" / "imdb_lstm" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu")
     vocabulary = model.preprocessor.vocabulary()
     for word, vector in vectors.items():
         assert torch.allclose(model.embedding.weight[vocabulary[word]], torch.tensor(vector)), word

@@ -47,10 +47,10 @@ def _ensemble_args(root, checkpoints):
 
 
 def _mean_probabilities(paths, loader):
-    members = [SequenceClassifier.load_from_checkpoint(p).eval() for p in paths]
+    members = [SequenceClassifier.load_from_checkpoint(p).eval() for p in paths]  # where trained, as the ensemble's
     with torch.no_grad():
-        return torch.cat([torch.stack([m(b["input_ids"], b.get("lengths")).softmax(-1) for m in members]).mean(0)
-                          for b in loader])
+        return torch.cat([torch.stack([m(b["input_ids"].to(m.device), b.get("lengths")).softmax(-1).cpu()
+                                       for m in members]).mean(0) for b in loader])
 
 
 def test_test_and_predict_score_the_mean_of_the_members_probabilities(members, tmp_path):
@@ -83,7 +83,7 @@ def test_test_and_predict_score_the_mean_of_the_members_probabilities(members, t
     main(["predict", *_ensemble_args(root, checkpoints), "--data.predict_path", str(reviews), "--output", str(out)])
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in records] == texts
-    ensemble = ClassifierEnsemble(checkpoints)
+    ensemble = ClassifierEnsemble(checkpoints).to("cuda" if torch.cuda.is_available() else "cpu")  # as main.py's
     assert [{k: r[k] for k in ("text", "label", "probability")} for r in records] == ensemble.classify(texts)
     data.hparams.predict_path = str(reviews)
     data.setup("predict")

@@ -47,7 +47,7 @@ def test_classifier_graph_reads_raw_text_like_the_checkpoint(checkpoints, tmp_pa
 
     args, ckpt = checkpoints[("imdb", impl)]
     export(args, ckpt, tmp_path / "imdb.onnx")
-    model = SequenceClassifier.load_from_checkpoint(ckpt).eval()
+    model = SequenceClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
     texts = ["A great and wonderful film<br />really", "", "awful " * 30, "boring", "Loved it, superb!"]
     tokenizer = Tokenizer.from_file(str(tmp_path / "imdb.onnx.tokenizer.json"))
     encodings = tokenizer.encode_batch(texts)
@@ -69,7 +69,7 @@ def test_classifier_graph_reads_raw_text_like_the_checkpoint(checkpoints, tmp_pa
 @pytest.mark.parametrize("impl", ["native", "scratch"])
 def test_forecaster_graph_maps_raw_windows_to_raw_forecasts(checkpoints, tmp_path, impl):
     args, ckpt = checkpoints[("sine", impl)]
-    model = Forecaster.load_from_checkpoint(ckpt).eval()
+    model = Forecaster.load_from_checkpoint(ckpt, map_location="cpu").eval()
     windows = torch.randn(5, model.hparams.window)
     expected = model.predict_next(windows).detach()
     export(args, ckpt, tmp_path / "f.onnx")
@@ -84,7 +84,7 @@ def test_forecaster_graph_maps_raw_windows_to_raw_forecasts(checkpoints, tmp_pat
 @pytest.mark.parametrize("impl", ["native", "scratch"])
 def test_char_graph_continues_its_state_like_the_checkpoint(checkpoints, tmp_path, impl):
     args, ckpt = checkpoints[("chars", impl)]
-    model = CharLanguageModel.load_from_checkpoint(ckpt).eval()
+    model = CharLanguageModel.load_from_checkpoint(ckpt, map_location="cpu").eval()
     export(args, ckpt, tmp_path / "c.onnx")
     ids = torch.randint(1, model.hparams.vocab_size, (3, 11))
     logits, state = model(ids[:, :6])

@@ -142,7 +142,7 @@ def test_recursive_mode_learns_and_samples_intervals(tmp_path):
     L.seed_everything(0)  # the initial weights too: not whatever the tests before this one left in the RNG
     model = GlobalForecaster(partial(GRU, hidden_size=32), window=24, horizon=6, likelihood="gaussian",
                              mode="recursive", num_paths=60)
-    _fit(model, data, steps=300)
+    _fit(model, data, steps=600)  # at 300 steps the sMAPE ranged 2.9-6.8 over initial weights and kernels
     result = L.Trainer(logger=False, enable_progress_bar=False).test(model, data, verbose=False)[0]
     assert result["test/smape"] < 6.0, result
     assert 0.5 < result["test/coverage"] <= 1.0
@@ -317,7 +317,7 @@ def test_exported_graph_gives_the_checkpoints_quantiles(in_tmp, impl):
             "--data.deseasonalise", "false", *QUIET]  # with seasonal factors: test_deseasonalising_travels_...
     main(["fit", *args, "--trainer.max_epochs", "1"])
     ckpt = in_tmp / "lightning_logs" / "m3_lstm" / "version_0" / "checkpoints" / "last.ckpt"
-    model = GlobalForecaster.load_from_checkpoint(ckpt).eval()
+    model = GlobalForecaster.load_from_checkpoint(ckpt, map_location="cpu").eval()
     context = torch.rand(5, 24) * 100 + 1
     context[1, :10] = float("nan")  # a series that started late
     observed = (~context.isnan()).float()

@@ -236,7 +236,7 @@ def test_predict_and_classify_read_the_test_reviews_exactly_as_test_does(imdb_ro
             "--model.backbone.init_args.hidden_size", "8", "--model.backbone.init_args.num_layers", "1", *QUIET]
     main(["fit", *args, "--trainer.max_epochs", "1", "--run_name", "run"])
     last = in_tmp / "lightning_logs" / "run" / "version_0" / "checkpoints" / "last.ckpt"
-    model = SequenceClassifier.load_from_checkpoint(last).eval()
+    model = SequenceClassifier.load_from_checkpoint(last).eval()  # where it was trained (CPU or GPU), as main.py's
     data = IMDBDataModule(data_dir=str(imdb_root), cache_dir=str(imdb_root / "cache"), val_size=16, batch_size=8,
                           vocab_size=60, max_length=12, eval_max_length=12,
                           padding_side="left" if "tutorial" in config else "right",
@@ -247,7 +247,7 @@ def test_predict_and_classify_read_the_test_reviews_exactly_as_test_does(imdb_ro
     with torch.no_grad():
         tested = {}
         for batch in data.test_dataloader():
-            logits = model(batch["input_ids"], batch.get("lengths"))
+            logits = model(batch["input_ids"].to(model.device), batch.get("lengths"))
             for row, label, index in zip(logits, batch["labels"], batch.get("index", [None] * len(logits))):
                 tested.setdefault("logits", []).append(row)
         reviews = in_tmp / "test_reviews.txt"
@@ -256,7 +256,8 @@ def test_predict_and_classify_read_the_test_reviews_exactly_as_test_does(imdb_ro
         data.setup("predict")
         predicted = {}
         for batch in data.predict_dataloader():
-            for row, index in zip(model(batch["input_ids"], batch.get("lengths")), batch["index"].tolist()):
+            for row, index in zip(model(batch["input_ids"].to(model.device), batch.get("lengths")),
+                                  batch["index"].tolist()):
                 predicted[index] = row
     # test batches and predict batches hold the same reviews in the same (length-sorted) order
     order = np.argsort([len(model.preprocessor.truncate(ids, False)) for ids in model.preprocessor.encode(texts)],
