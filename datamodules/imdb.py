@@ -7,7 +7,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import lightning as L
 import numpy as np
@@ -20,19 +20,30 @@ from seqmodels.errors import InvalidInputError, MissingInputError
 from seqmodels.files import atomic_write
 from seqmodels.preprocessing import WordTokenizer
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 HUB_NAME = "stanfordnlp/imdb"
 
 
+# Part of the encoded splits' cache key: a cache written in another layout is not read.
+_ENCODED_FORMAT = "input_ids: list<int32>"
+
+
 class _Encoder:
-    """Encodes a batch for ``datasets.map``: whole reviews, untruncated (picklable, so ``map`` may
-    use worker processes)."""
+    """Encodes a batch for ``datasets.map`` in Arrow format: whole reviews, untruncated (picklable,
+    so ``map`` may use worker processes). It returns an Arrow table, which ``map`` writes as it is;
+    given Python lists, ``map`` converted and type-checked the 11.5 million ids itself, and the cold
+    tokenise + encode of the 50k reviews took 5.5-5.8 s instead of 5.0-5.2."""
 
     def __init__(self, tokenizer: WordTokenizer) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, batch: dict) -> dict:
-        ids = self.tokenizer.encode(batch["text"])
-        return {"input_ids": ids, "length": [len(i) for i in ids]}
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        ids = self.tokenizer.encode(batch.column("text").to_pylist())
+        return batch.drop_columns(["text"]).append_column("input_ids", pa.array(ids, type=pa.list_(pa.int32())))
 
 
 class EncodedReviews(Dataset):
@@ -292,9 +303,10 @@ class IMDBDataModule(L.LightningDataModule):
         encoder = _Encoder(tokenizer)
         encoded = {}
         for name, split in (("train", train), ("val", val), ("test", raw["test"])):
-            encoded[name] = split.map(encoder, batched=True, batch_size=1000, remove_columns=["text"],
-                                      new_fingerprint=hashlib.sha256(f"{split._fingerprint}{key}".encode()).hexdigest()[:16],
-                                      desc=None)
+            fingerprint = hashlib.sha256(f"{split._fingerprint}{key}{_ENCODED_FORMAT}".encode()).hexdigest()[:16]
+            encoded[name] = split.with_format("arrow").map(encoder, batched=True, batch_size=1000,
+                                                           remove_columns=["text"], new_fingerprint=fingerprint,
+                                                           desc=None)
         return tokenizer, encoded
 
     def setup(self, stage: str) -> None:
