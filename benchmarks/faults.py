@@ -204,6 +204,10 @@ def training_faults(folder: Path) -> list[Outcome]:
                             "--trainer.max_epohcs", "3"))
     outcomes.append(attempt("wrong type (`--trainer.max_epochs three`)", folder, "fit", *SINE,
                             "--trainer.max_epochs", "three"))
+    outcomes.append(attempt("wrong type in the data's arguments (`--data.window abc`)", folder, "fit", *SINE,
+                            "--data.window", "abc"))
+    outcomes.append(attempt("a choice that does not exist (`--model.backbone.init_args.impl fast`)", folder, "fit",
+                            *SINE, "--model.backbone.init_args.impl", "fast"))
     (folder / "typo.yaml").write_text((CONFIGS / "sine_lstm.yaml").read_text().replace("trainer:", "trainr:"))
     outcomes.append(attempt("typo in a YAML config file (`trainr:`)", folder, "fit", "--config", "typo.yaml"))
     outcomes.append(attempt("unknown backbone class in the config", folder, "fit", *SINE,

@@ -22,9 +22,10 @@ when a checkpoint is given, receives the checkpoint's as it is built, so sizes s
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -48,6 +49,56 @@ from seqmodels.tasks.ensemble import read_member
 from seqmodels.training import NonFiniteLossError, RandomState, TrainingGuard
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "export", "backtest")
+
+
+# jsonargparse's report of a value it could not read: lines that only say how it tried (the union's
+# members, the null alternative, reading the value as a file) and wrappers around the reason.
+_PARSE_NOISE = re.compile(r"\s*(- )?(Does not validate|Subtypes:|Errors:|Given value|Parser key|Problem with given "
+                          r"class_path|Expected a <class 'NoneType'>|Expected a path but)")
+_PARSE_WRAPPERS = re.compile(r"^\s*(- )?Type .* expects a function or a callable class: |\. Got value: .*$")
+
+
+def short_parse_error(message: str) -> str | None:
+    """jsonargparse's report of a value it could not read, e.g. ``--data.window abc`` (ten lines
+    for a class's argument), as one sentence: ``data.window: 'abc' is not valid: expected int.``
+    None when the report is not of that shape."""
+    lines = message.splitlines()
+    top = re.match(r'Parser key "([^"]+)":$', lines[0]) if lines else None
+    given = re.match(r"\s*Given value: (?:NestedArg\(key='([^']*)', val='(.*)'\)|(.*))$", lines[-1])
+    if not (top and given):
+        return None
+    option = top.group(1) + (f".{given.group(1)}" if given.group(1) else "")
+    value = given.group(2) if given.group(1) else given.group(3)
+    expected, other = [], []
+    for line in lines[1:]:
+        line = _PARSE_WRAPPERS.sub("", line)
+        if not line.strip() or _PARSE_NOISE.match(line):
+            continue
+        reason = line.strip().removeprefix("- ")
+        reason = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", reason)
+        reason = re.sub(r"typing\.Literal\[(.*)\]", r"one of \1", reason)
+        if unknown := re.fullmatch(r"Option '(\w+)' is not accepted", reason):
+            return f"{option}: no option '{unknown.group(1)}' there (a misspelt name?)."
+        if kind := re.fullmatch(r"Expected (?:a |an )?(.*?)(?:: .*)?", reason):
+            expected.append(kind.group(1))
+        else:
+            other.append(reason)
+    reasons = other + ([f"expected {' or '.join(dict.fromkeys(expected))}"] if expected else [])
+    if not reasons:
+        return None
+    return f"{option}: {value!r} is not valid: {'; '.join(reasons)}."
+
+
+class SeqArgumentParser(LightningArgumentParser):
+    """Lightning's parser, with its errors as a short paragraph. jsonargparse printed the whole usage
+    first (83 lines for ``fit --data.window abc``), which buried the line that said what was wrong."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # jsonargparse parsing a nested value, ready to try another reading
+            super().error(message, ex)
+        subcommand = (getattr(ex, "subcommand_parser", None) or self).prog.split()[-1]
+        command = f"python main.py {subcommand if subcommand in SUBCOMMANDS else ''}".rstrip()
+        self.exit(2, f"error: {short_parse_error(message) or message}\nThe options and their types: {command} --help\n")
 
 
 class SeqTrainer(L.Trainer):
@@ -217,6 +268,7 @@ class SeqCLI(LightningCLI):
             seed_everything_default=0,
             parser_kwargs={**no_abbreviations, **{name: dict(no_abbreviations) for name in SUBCOMMANDS}},
             trainer_class=SeqTrainer,
+            parser_class=SeqArgumentParser,
             **kwargs,
         )
 

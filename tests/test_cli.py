@@ -99,6 +99,30 @@ def test_abbreviated_options_are_refused(in_tmp):
     assert not (in_tmp / "lightning_logs").exists()
 
 
+@pytest.mark.parametrize("option, value, says", [
+    ("--data.window", "abc", "error: data.window: 'abc' is not valid: expected int.\n"),
+    ("--trainer.max_epochs", "three", "error: trainer.max_epochs: 'three' is not valid: expected int.\n"),
+    ("--model.backbone.init_args.impl", "fast", "impl: 'fast' is not valid: expected one of 'native', 'scratch'.\n"),
+    ("--model.backbone.init_args.hiden", "3", "error: model.backbone.init_args.hiden: no option 'hiden' there"),
+    ("--model.backbone", "seqmodels.GRUU", "module 'seqmodels' has no attribute 'GRUU'"),
+])
+def test_a_value_the_parser_cannot_read_is_two_lines_without_the_usage(in_tmp, capsys, option, value, says):
+    with pytest.raises(SystemExit) as exit:
+        main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), option, value])
+    assert exit.value.code == 2
+    stderr = capsys.readouterr().err
+    assert says in stderr
+    assert stderr.splitlines()[1] == "The options and their types: python main.py fit --help", stderr
+    assert len(stderr.splitlines()) == 2, stderr  # jsonargparse's usage block (80 lines) is left to --help
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_a_parser_report_of_another_shape_is_shown_as_it_is(in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        main(["fitt"])
+    assert capsys.readouterr().err.startswith("error: argument subcommand: invalid choice: 'fitt'")
+
+
 def test_default_root_dir_moves_everything_a_run_writes_and_last_is_found_there(in_tmp):
     args = ["--config", str(CONFIGS / "sine_lstm.yaml"), "--data.num_points", "300", "--data.val_size", "40",
             "--data.test_size", "40", "--trainer.default_root_dir", "elsewhere", *QUIET]
