@@ -433,16 +433,29 @@ def _rnn_inference(x, w_ih, bias, h0, w_hh, mask, relu: bool):
     return _finish(out, h, mask)
 
 
+def _doubled_cell_input(t: Tensor | None, hidden: int) -> Tensor | None:
+    """A copy of an LSTM weight or bias whose cell-input rows (``g``'s) are doubled: exact, a power of 2."""
+    if t is None:
+        return None
+    t = t.clone()
+    t[2 * hidden: 3 * hidden] *= 2
+    return t
+
+
 def _lstm_inference(x, w_ih, bias, h0, c0, w_hh, mask):
     steps, batch, _ = x.shape
     hidden = h0.shape[-1]
+    # One sigmoid over all four gates instead of three activation calls a step: tanh(y) = 2 sigmoid(2y) - 1,
+    # so g's rows are doubled and the cell update takes s = sigmoid(2y) as c' = f c + 2 i s - i (outputs
+    # within 2e-7 of the three-call form). benchmarks/backbones.py, CPU-2d, 512 steps: 157 -> 141 ms.
+    w_ih, w_hh, bias = (_doubled_cell_input(t, hidden) for t in (w_ih, w_hh, bias))
     out = x.new_empty((steps, *h0.shape))
     w, h, c = _prepare(w_hh, batch), h0, c0.clone()
     c_new, tanh_c = torch.empty_like(c), torch.empty_like(c)
     for start, acts in _projected_chunks(x, w_ih, bias):
         for t, a in enumerate(acts, start):
-            i, f, g, o = _lstm_gates(a.add_(_linear(h, w)), hidden)
-            torch.mul(f, c, out=c_new).addcmul_(i, g)
+            i, f, s, o = a.add_(_linear(h, w)).sigmoid_().chunk(4, 1)
+            torch.mul(f, c, out=c_new).sub_(i).addcmul_(i, s, value=2)
             if mask is None:
                 h = torch.mul(o, torch.tanh(c_new, out=tanh_c), out=out[t])
                 c, c_new = c_new, c
