@@ -69,6 +69,9 @@ def short_parse_error(message: str) -> str | None:
         return None
     option = top.group(1) + (f".{given.group(1)}" if given.group(1) else "")
     value = given.group(2) if given.group(1) else given.group(3)
+    if value.startswith("{"):  # a config file's section: the keys inside it, and the value jsonargparse quotes
+        option = ".".join(re.findall(r'Parser key "([^"]+)":', message))
+        value = next(iter(re.findall(r"Got value: (.*?)(?:\. Got value: .*)?$", message, re.M)), value)
     expected, other = [], []
     for line in lines[1:]:
         line = _PARSE_WRAPPERS.sub("", line)

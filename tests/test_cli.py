@@ -117,6 +117,13 @@ def test_a_value_the_parser_cannot_read_is_two_lines_without_the_usage(in_tmp, c
     assert not (in_tmp / "lightning_logs").exists()
 
 
+def test_a_wrong_value_in_a_config_file_is_named_by_its_keys(in_tmp, capsys):
+    (in_tmp / "mine.yaml").write_text("model:\n  init_args:\n    backbone:\n      init_args:\n        hidden_size: abc\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "sine_lstm.yaml"), "--config", "mine.yaml"])
+    assert capsys.readouterr().err.startswith("error: model.backbone.hidden_size: 'abc' is not valid: expected int.\n")
+
+
 def test_a_parser_report_of_another_shape_is_shown_as_it_is(in_tmp, capsys):
     with pytest.raises(SystemExit):
         main(["fitt"])
