@@ -442,6 +442,14 @@ class SeqCLI(LightningCLI):
             # a new best is saved, so "--ckpt_path last" could silently resume from an old epoch.
             ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
         ])
+        if self.subcommand not in (None, "fit") and self._checkpoint is not None:
+            # Evaluation saves no checkpoints. Its ModelCheckpoints keep the folder of the run that wrote
+            # the checkpoint, so that their state loads from it: in the evaluation's own folder, Lightning
+            # warned on every test that the folder had changed and the best score was not reloaded.
+            saved = self._checkpoint.get("callbacks") or {}
+            for callback in trainer.callbacks:
+                if isinstance(callback, ModelCheckpoint) and callback.state_key in saved:
+                    callback.dirpath = saved[callback.state_key].get("dirpath", callback.dirpath)
         if isinstance(self.model, Forecaster):
             trainer.callbacks.append(ForecastPlot())
         if isinstance(self.model, GlobalForecaster):

@@ -130,6 +130,19 @@ def test_a_parser_report_of_another_shape_is_shown_as_it_is(in_tmp, capsys):
     assert capsys.readouterr().err.startswith("error: argument subcommand: invalid choice: 'fitt'")
 
 
+def test_evaluation_loads_the_checkpoint_callbacks_state_without_a_warning_and_saves_nothing(in_tmp, recwarn):
+    args = ["--config", str(CONFIGS / "sine_lstm.yaml"), "--data.num_points", "300", "--data.val_size", "40",
+            "--data.test_size", "40", *QUIET]
+    main(["fit", *args, "--trainer.max_epochs", "2"])
+    checkpoints = in_tmp / "lightning_logs" / "sine_lstm" / "version_0" / "checkpoints"
+    before = {p.name: p.stat().st_mtime_ns for p in checkpoints.iterdir()}
+    recwarn.clear()
+    for subcommand in ("validate", "test"):
+        main([subcommand, *args, "--ckpt_path", "best"])
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoints.iterdir()} == before
+
+
 def test_default_root_dir_moves_everything_a_run_writes_and_last_is_found_there(in_tmp):
     args = ["--config", str(CONFIGS / "sine_lstm.yaml"), "--data.num_points", "300", "--data.val_size", "40",
             "--data.test_size", "40", "--trainer.default_root_dir", "elsewhere", *QUIET]
