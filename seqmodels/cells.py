@@ -316,7 +316,7 @@ class _GRULayer(torch.autograd.Function):
             hp = _step(h, w, products, b_hh)
             z, n = _gru_gates(acts[t], hp, hidden)
             hns[t].copy_(hp[:, 2 * hidden :])
-            h_new = torch.sub(h, n, out=hs[t + 1]).mul_(z).add_(n)  # (1 - z) n + z h
+            h_new = torch.lerp(n, h, z, out=hs[t + 1])  # (1 - z) n + z h
             if mask is not None:
                 torch.where(mask[t], h_new, h, out=h_new)
         out = hs[1:].clone() if mask is None else hs[1:] * mask
@@ -428,8 +428,11 @@ def _rnn_inference(x, w_ih, bias, h0, w_hh, mask, relu: bool):
     for start, acts in _projected_chunks(x, w_ih, bias):
         for t, a in enumerate(acts, start):
             a.add_(_linear(h, w))
-            a.relu_() if relu else a.tanh_()
-            h = out[t].copy_(a) if mask is None else torch.where(mask[t], a, h, out=out[t])
+            if mask is None:  # activated straight into the output
+                h = torch.clamp(a, min=0, out=out[t]) if relu else torch.tanh(a, out=out[t])
+            else:
+                a.relu_() if relu else a.tanh_()
+                h = torch.where(mask[t], a, h, out=out[t])
     return _finish(out, h, mask)
 
 
@@ -475,7 +478,7 @@ def _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask):
     for start, acts in _projected_chunks(x, w_ih, b_ih):
         for t, a in enumerate(acts, start):
             z, n = _gru_gates(a, _linear(h, w, b_hh), hidden)
-            h_new = torch.sub(h, n, out=out[t]).mul_(z).add_(n)  # (1 - z) n + z h
+            h_new = torch.lerp(n, h, z, out=out[t])  # (1 - z) n + z h
             h = h_new if mask is None else torch.where(mask[t], h_new, h, out=h_new)
     return _finish(out, h, mask)
 
