@@ -120,8 +120,7 @@ def positive_probabilities(checkpoint: str) -> dict[str, tuple]:
         for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
             probabilities, labels = [], []
             for batch in loader:
-                lengths = batch.get("lengths")
-                logits = model(batch["input_ids"].to(device), None if lengths is None else lengths.to(device))
+                logits = model(batch["input_ids"].to(device), batch.get("lengths"))  # as classify() calls it
                 probabilities.append(logits.float().softmax(-1)[:, 1].cpu())
                 labels.append(batch["labels"])
             scored[split] = (torch.cat(probabilities), torch.cat(labels))
