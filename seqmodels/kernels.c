@@ -1,0 +1,160 @@
+/* The LSTM's gate arithmetic, one time step at a time, in one pass over memory.
+
+   Written out with torch operations a step costs about nine (forward) and sixteen (backward)
+   separate kernels over (batch x hidden) tensors, each reading and writing memory and paying a
+   dispatch; here it is one loop the compiler vectorises. The matrix products stay in torch
+   (oneDNN); seqmodels/kernels.py compiles this file for the machine it runs on and checks it
+   against the torch form before using it. The equations are those of seqmodels/cells.py.
+
+   Tensors are float32, row-major (batch, features), contiguous unless a row stride `*_rs` (in
+   floats) comes with them; `mask` is one
+   byte per row (1 = a valid step) or NULL for no masking. At a masked step the state is carried
+   over unchanged and the output is zero, as in cells.py. No -ffast-math: NaN and infinity must
+   propagate as they do in torch, so the clamps are written as comparisons that keep NaN. */
+
+#include <stdint.h>
+
+/* e^x for float32: Cephes' range reduction and degree-6 polynomial, written so that the
+   compiler vectorises it (no libm call); within 2 ulp over the clamped range. */
+static inline float exp_f32(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    /* round to nearest by adding 1.5 * 2^23 */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+
+static inline float tanh_f32(float x) {
+    float ax = x < 0.0f ? -x : x;
+    /* near zero (1 - e) / (1 + e) loses relative precision; tanh's series to x^9 is exact to float there */
+    float x2 = x * x;
+    float small = x * (1.0f + x2 * (-0.333333333f + x2 * (0.133333333f + x2 * (-0.053968254f + x2 * 0.021869489f))));
+    float e = exp_f32(-2.0f * ax);
+    float t = (1.0f - e) / (1.0f + e);
+    t = x < 0.0f ? -t : t;
+    return ax < 0.25f ? small : t;
+}
+
+/* One valid row of the forward step, `a` (the row's input projection, 4H) overwritten in place
+   by the activated gates. */
+static inline __attribute__((always_inline)) void forward_row(
+        int64_t H, float *a, const float *restrict ri, const float *restrict cp,
+        float *restrict cn, float *restrict hn, float *restrict tc) {
+    const float *restrict rf = ri + H, *restrict rg = ri + 2 * H, *restrict ro = ri + 3 * H;
+    for (int64_t j = 0; j < H; j++) {
+        float i = sigmoid_f32(a[j] + ri[j]);
+        float f = sigmoid_f32(a[H + j] + rf[j]);
+        float g = tanh_f32(a[2 * H + j] + rg[j]);
+        float o = sigmoid_f32(a[3 * H + j] + ro[j]);
+        float c = f * cp[j] + i * g;
+        float t = tanh_f32(c);
+        cn[j] = c;
+        hn[j] = o * t;
+        tc[j] = t;
+        a[j] = i; a[H + j] = f; a[2 * H + j] = g; a[3 * H + j] = o;
+    }
+}
+
+/* Training forward step. gates: (B, 4H), in torch.nn's gate order i, f, g, o: the input
+   projection, overwritten by the activated gates (kept for the backward pass); rec: the recurrent
+   product. c_prev -> c_next with tanh(c_next) in tanh_c; h_prev -> h_next, the state and output. */
+void lstm_forward_step(int64_t B, int64_t H, float *gates, const float *rec, int64_t rec_rs,
+                       const float *c_prev, float *c_next, float *tanh_c,
+                       const float *h_prev, float *h_next, const uint8_t *mask) {
+    for (int64_t b = 0; b < B; b++) {
+        float *a = gates + b * 4 * H;
+        const float *restrict cp = c_prev + b * H;
+        float *restrict cn = c_next + b * H, *restrict hn = h_next + b * H, *restrict tc = tanh_c + b * H;
+        if (mask && !mask[b]) {
+            const float *restrict hp = h_prev + b * H;
+            for (int64_t j = 0; j < H; j++) { cn[j] = cp[j]; hn[j] = hp[j]; tc[j] = 0.0f; }
+            for (int64_t j = 0; j < 4 * H; j++) a[j] = 0.0f;
+            continue;
+        }
+        forward_row(H, a, rec + b * rec_rs, cp, cn, hn, tc);
+    }
+}
+
+static inline __attribute__((always_inline)) void backward_row(
+        int64_t H, float *restrict gi, const float *restrict cp, const float *restrict tc,
+        const float *restrict dr, float *restrict cr, const float *restrict dout, float *restrict dcr) {
+    float *restrict gf = gi + H, *restrict gg = gi + 2 * H, *restrict go = gi + 3 * H;
+    for (int64_t j = 0; j < H; j++) {
+        float dh = dr[j] + dout[j] + cr[j];
+        float i = gi[j], f = gf[j], g = gg[j], o = go[j], t = tc[j];
+        float d_c = dh * o * (1.0f - t * t) + dcr[j];
+        float d_o = dh * t;
+        gi[j] = d_c * g * i * (1.0f - i);
+        gf[j] = d_c * cp[j] * f * (1.0f - f);
+        gg[j] = d_c * i * (1.0f - g * g);
+        go[j] = d_o * o * (1.0f - o);
+        dcr[j] = d_c * f;
+        cr[j] = 0.0f;
+    }
+}
+
+/* Backward step. gates: the activated gates of this step, overwritten with the gradient of their
+   pre-activations (what the weight and input gradients are made from).
+   The gradient reaching h_t is dh_rec (the recurrent product's gradient from step t+1) + carry +
+   d_out (the output's); dc: the gradient reaching c_t, overwritten with the one reaching c_{t-1}.
+   carry (zeros to start with): a masked step passes the state's gradient on untouched; it
+   collects there and is added back at the row's next valid step. */
+void lstm_backward_step(int64_t B, int64_t H, float *gates, const float *c_prev, const float *tanh_c,
+                        const float *dh_rec, int64_t dh_rec_rs, float *carry, const float *d_out, float *dc,
+                        const uint8_t *mask) {
+    for (int64_t b = 0; b < B; b++) {
+        float *restrict gi = gates + b * 4 * H;
+        const float *restrict dr = dh_rec + b * dh_rec_rs;
+        float *restrict cr = carry + b * H;
+        float *restrict dcr = dc + b * H;
+        if (mask && !mask[b]) {
+            for (int64_t j = 0; j < H; j++) cr[j] += dr[j];
+            for (int64_t j = 0; j < 4 * H; j++) gi[j] = 0.0f;
+            continue;
+        }
+        backward_row(H, gi, c_prev + b * H, tanh_c + b * H, dr, cr, d_out + b * H, dcr);
+    }
+}
+
+/* Inference step, after a product that applied the sigmoid to all four gates itself (oneDNN's
+   post-op) with g's rows doubled: s = sigmoid(2 y) gives g = tanh(y) = 2 s - 1.
+   c (B, H) is updated in place; h: the new state, rows `h_rs` apart, where the next step's product
+   reads it (h_prev: the previous one, kept by masked rows); out: the output (zero when masked). */
+static inline __attribute__((always_inline)) void sigmoid_row(
+        int64_t H, const float *restrict s, float *restrict c, float *restrict h, float *restrict o_) {
+    const float *restrict sf = s + H, *restrict sg = s + 2 * H, *restrict so = s + 3 * H;
+    for (int64_t j = 0; j < H; j++) {
+        float cn = sf[j] * c[j] + s[j] * (2.0f * sg[j] - 1.0f);
+        float hn = so[j] * tanh_f32(cn);
+        c[j] = cn;
+        h[j] = hn;
+        o_[j] = hn;
+    }
+}
+
+void lstm_infer_step(int64_t B, int64_t H, const float *s, int64_t s_rs, float *c,
+                     const float *h_prev, float *h, int64_t h_rs, float *out, int64_t out_rs,
+                     const uint8_t *mask) {
+    for (int64_t b = 0; b < B; b++) {
+        float *restrict hr = h + b * h_rs, *restrict o_ = out + b * out_rs;
+        if (mask && !mask[b]) {
+            const float *restrict hp = h_prev + b * h_rs;
+            for (int64_t j = 0; j < H; j++) { hr[j] = hp[j]; o_[j] = 0.0f; }
+            continue;
+        }
+        sigmoid_row(H, s + b * s_rs, c + b * H, hr, o_);
+    }
+}

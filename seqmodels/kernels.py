@@ -1,0 +1,160 @@
+"""The scratch LSTM's gate arithmetic as one compiled loop per time step (``kernels.c``).
+
+Built on first use with the machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
+for the CPU it runs on, cached under ``$XDG_CACHE_HOME/seqmodels`` (``~/.cache/seqmodels``), and
+checked against the torch form of the same equations before it is used. Where there is no
+compiler, the build fails, or the check does not agree, :func:`lstm` returns None and
+``seqmodels.cells`` runs the torch form: the same numbers, a slower loop. ``SEQMODELS_KERNELS=0``
+turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("kernels.c")
+# No -ffast-math: it would let the compiler drop NaN and infinity handling, and on some
+# toolchains linking with it switches the whole process to flush denormals to zero.
+_BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno"]
+# Tried in order: the first that compiles is used. Wide vectors pay on AVX-512 CPUs (gcc
+# otherwise keeps to 256-bit ones); -march=native is what makes the loop fast at all.
+_CPU_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], ["-mcpu=native"], [])
+
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_SIGNATURES = {
+    "lstm_forward_step": [_i64, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "lstm_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr],
+    "lstm_infer_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr],
+}
+
+
+def _compiler() -> str | None:
+    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
+def _cpu_identity() -> str:
+    """What a binary built with -march=native depends on: the CPU's model and feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
+    except OSError:
+        import platform
+        return platform.processor() + platform.machine()
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "seqmodels"
+
+
+def _build(cc: str) -> Path | None:
+    source = _SOURCE.read_bytes()
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for cpu_flags in _CPU_FLAGS:
+        flags = _BASE_FLAGS + cpu_flags
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
+                                         _cpu_identity().encode()])).hexdigest()[:16]
+        for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"seqmodels-{os.getuid()}"):
+            library = folder / f"kernels-{key}.so"
+            if library.exists():
+                if _load(library) is not None:
+                    return library
+                log.info("%s does not load; building it again", library)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                # Built under a private name and renamed into place: processes building at the same time
+                # (pytest-xdist workers, DDP ranks) never load a half-written file.
+                fd, partial = tempfile.mkstemp(suffix=".so", dir=folder)
+                os.close(fd)
+            except OSError:
+                continue  # not writable: the next folder
+            try:
+                done = subprocess.run([cc, *flags, "-o", partial, str(_SOURCE)], capture_output=True,
+                                      text=True, timeout=120)
+                if done.returncode == 0:
+                    os.replace(partial, library)
+                    return library
+                log.info("compiling %s with %s failed: %s", _SOURCE.name, " ".join(flags), done.stderr.strip())
+            except (OSError, subprocess.SubprocessError) as err:
+                log.info("compiling %s failed: %s", _SOURCE.name, err)
+            finally:
+                if os.path.exists(partial):
+                    os.unlink(partial)
+            break  # this flag set does not compile here: the next one
+    return None
+
+
+def _load(library: Path) -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(library))
+        for name, argtypes in _SIGNATURES.items():
+            function = getattr(lib, name)
+            function.argtypes, function.restype = argtypes, None
+        return lib
+    except (OSError, AttributeError) as err:
+        log.info("loading %s failed: %s", library, err)
+        return None
+
+
+def _agrees(lib: ctypes.CDLL) -> bool:
+    """One masked forward and backward step through ``lib`` against the torch form of the equations."""
+    from seqmodels import cells  # cells imports this module lazily, so no cycle at import time
+
+    gen = torch.Generator().manual_seed(0)
+    batch, hidden, steps = 5, 19, 3  # odd sizes: the vector loops' remainders run too
+    x = torch.randn(steps, batch, 7, generator=gen)
+    w_ih, w_hh = torch.randn(4 * hidden, 7, generator=gen), torch.randn(4 * hidden, hidden, generator=gen)
+    bias, h0, c0 = torch.randn(4 * hidden, generator=gen), torch.randn(batch, hidden, generator=gen), \
+        torch.randn(batch, hidden, generator=gen)
+    mask = torch.rand(steps, batch, 1, generator=gen) > 0.3
+    params = [t.requires_grad_() for t in (x, w_ih, bias, h0, c0, w_hh)]
+    results = []
+    try:
+        for kernels in (None, lib):
+            with torch.enable_grad():  # the first use may come under no_grad (an evaluation)
+                out, hn, cn = cells.lstm_layer(*params[:5], params[5], mask, kernels=kernels)
+                grads = torch.autograd.grad((out.sin().sum() + hn.cos().sum() + cn.sum()), params)
+            with torch.no_grad():
+                infer = cells.lstm_layer(*params[:5], params[5], mask, kernels=kernels)
+            results.append([out, hn, cn, *grads, *infer])
+    except (RuntimeError, ctypes.ArgumentError) as err:
+        log.warning("seqmodels' compiled LSTM step failed its check: %s", err)
+        return False
+    return all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(*results))
+
+
+@functools.cache
+def lstm() -> ctypes.CDLL | None:
+    """The compiled LSTM step functions for this machine, or None where they cannot be had (module docstring)."""
+    if os.environ.get("SEQMODELS_KERNELS", "1") == "0":
+        return None
+    cc = _compiler()
+    library = _build(cc) if cc else None
+    lib = _load(library) if library else None
+    if lib is not None and not _agrees(lib):
+        log.warning("seqmodels' compiled LSTM step disagrees with the torch form on this machine; using the "
+                    "torch form (slower). Please report your CPU and compiler.")
+        lib = None
+    if lib is None:
+        log.info("seqmodels' compiled LSTM step is not available here; the scratch LSTM runs its torch form")
+    return lib
+
+
+def ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()

@@ -1,0 +1,126 @@
+"""The compiled LSTM step (seqmodels/kernels.c) against the torch form of the same equations, and
+what happens where it cannot be built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from seqmodels import cells, kernels
+
+compiled = kernels.lstm()
+needs_compiled = pytest.mark.skipif(compiled is None, reason="no C compiler here: the torch form is what runs")
+
+
+def _layer_inputs(steps: int, batch: int, inputs: int, hidden: int, seed: int, ragged: bool):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, batch, inputs, generator=gen)
+    w_ih = torch.randn(4 * hidden, inputs, generator=gen) * 0.3
+    w_hh = torch.randn(4 * hidden, hidden, generator=gen) * 0.3
+    bias = torch.randn(4 * hidden, generator=gen) * 0.3
+    h0, c0 = torch.randn(batch, hidden, generator=gen), torch.randn(batch, hidden, generator=gen) * 2
+    mask = None
+    if ragged:  # right-padded rows of random lengths, one of them empty
+        lengths = torch.randint(1, steps + 1, (batch,), generator=gen)
+        lengths[0] = 0
+        mask = (torch.arange(steps)[:, None] < lengths[None, :]).unsqueeze(-1)
+    return [x, w_ih, bias, h0, c0, w_hh], mask
+
+
+def _run(params, mask, lib, products=None):
+    params = [p.detach().clone().requires_grad_() for p in params]
+    out, hn, cn = cells.lstm_layer(*params, mask, products, kernels=lib)
+    # a loss that reaches every output, the final states included, with unequal weights
+    loss = (out * torch.linspace(-1, 1, out.shape[-1])).sum() + hn.square().sum() + (cn * 0.5).sum()
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        inferred = cells.lstm_layer(*params, mask, products, kernels=lib)
+    return [out, hn, cn], list(grads), list(inferred)
+
+
+@needs_compiled
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
+def test_compiled_step_matches_the_torch_form(steps, batch, inputs, hidden, ragged):
+    """Outputs, final states, every gradient and the inference path (which crosses a 64-step chunk at
+    70 steps), for odd sizes that leave remainders after the vector loops."""
+    params, mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps, ragged=ragged)
+    forward_t, grads_t, infer_t = _run(params, mask, None)
+    forward_c, grads_c, infer_c = _run(params, mask, compiled)
+    for name, a, b in [("forward", forward_t, forward_c), ("grads", grads_t, grads_c), ("inference", infer_t, infer_c)]:
+        for i, (x, y) in enumerate(zip(a, b)):
+            torch.testing.assert_close(y, x, rtol=2e-5, atol=2e-5, msg=lambda m: f"{name}[{i}]: {m}")
+    if ragged:  # an empty row keeps its initial state and outputs zeros
+        assert torch.equal(forward_c[1][0], params[3][0]) and torch.equal(forward_c[2][0], params[4][0])
+        assert not forward_c[0][:, 0].any() and not infer_c[0][:, 0].any()
+
+
+@needs_compiled
+def test_compiled_step_with_bf16_products_matches_the_torch_form():
+    params, mask = _layer_inputs(20, 6, 5, 24, seed=3, ragged=True)
+    for a, b in zip(sum(_run(params, mask, None, torch.bfloat16)[:2], []),
+                    sum(_run(params, mask, compiled, torch.bfloat16)[:2], [])):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiled
+def test_compiled_step_keeps_nan_and_infinity():
+    """No fast-math: a NaN in the input must come out as NaN, as with torch's operations."""
+    params, _ = _layer_inputs(4, 3, 2, 17, seed=1, ragged=False)
+    params[0][1, 1, 0] = float("nan")
+    params[0][2, 2, 1] = float("inf")
+    with torch.no_grad():
+        out_t = cells.lstm_layer(*params, None, kernels=None)[0]
+        out_c = cells.lstm_layer(*params, None, kernels=compiled)[0]
+    assert torch.equal(out_t.isnan(), out_c.isnan())
+    torch.testing.assert_close(out_c.nan_to_num(), out_t.nan_to_num(), rtol=2e-5, atol=2e-5)
+
+
+@needs_compiled
+def test_the_scratch_lstm_uses_the_compiled_step_for_float32_on_the_cpu():
+    x = torch.randn(3, 2, 4)
+    assert cells._lstm_kernels(x) is compiled
+    assert cells._lstm_kernels(x.double()) is None
+
+
+def _load_in_a_fresh_process(env: dict) -> str:
+    code = "from seqmodels import kernels; print(kernels.lstm() is not None)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_without_a_compiler_the_torch_form_runs(tmp_path):
+    assert _load_in_a_fresh_process({"CC": str(tmp_path / "no-such-cc"), "XDG_CACHE_HOME": str(tmp_path)}) == "False"
+    assert _load_in_a_fresh_process({"SEQMODELS_KERNELS": "0"}) == "False"
+    code = ("import torch; from seqmodels.backbones import LSTM; m = LSTM(3, 5, impl='scratch'); "
+            "out, _ = m(torch.randn(2, 4, 3)); out.sum().backward(); print(out.shape)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CC": str(tmp_path / "no-such-cc"), "XDG_CACHE_HOME": str(tmp_path)})
+    assert done.returncode == 0 and "torch.Size([2, 4, 5])" in done.stdout, done.stderr
+
+
+@needs_compiled
+def test_the_build_is_cached_and_a_corrupt_cache_is_rebuilt(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    assert _load_in_a_fresh_process(env) == "True"
+    (built,) = (tmp_path / "seqmodels").glob("kernels-*.so")
+    stamp = built.stat().st_mtime_ns
+    assert _load_in_a_fresh_process(env) == "True"
+    assert built.stat().st_mtime_ns == stamp  # loaded, not built again
+    built.write_bytes(b"not a shared library")
+    assert _load_in_a_fresh_process(env) == "True"
+    assert built.read_bytes()[:4] == b"\x7fELF" or sys.platform == "darwin"
+    assert not [p for p in (tmp_path / "seqmodels").iterdir() if p != built]  # no partial files left
+
+
+@pytest.mark.skipif(kernels._compiler() is None or os.environ.get("SEQMODELS_KERNELS") == "0",
+                    reason="no C compiler here")
+def test_the_compiled_step_builds_and_passes_its_check_where_there_is_a_compiler():
+    """Else a kernel that fails its self-check would only make the scratch LSTM slower, silently."""
+    assert compiled is not None
