@@ -243,6 +243,8 @@ class _RNNLayer(torch.autograd.Function):
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, c0, w_hh, mask, products, kernels):
+        if kernels is not None:
+            return _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, products)
         steps, batch, _ = x.shape
         hidden = h0.shape[-1]
         x2d = x.reshape(steps * batch, -1)
@@ -252,21 +254,13 @@ class _LSTMLayer(torch.autograd.Function):
         tanh_cs = x.new_empty((steps, *h0.shape))
         hs[0], cs[0] = h0, c0
         w = _step_weight(w_hh, batch, products)
-        if kernels is not None:
-            bytes_mask = _byte_mask(mask)
-            for t in range(steps):
-                rec = _step(hs[t], w, products)
-                kernels.lstm_forward_step(batch, hidden, acts[t].data_ptr(), rec.data_ptr(), rec.stride(0),
-                                          cs[t].data_ptr(), cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(),
-                                          hs[t].data_ptr(), hs[t + 1].data_ptr(), _row(bytes_mask, t))
-        else:
-            for t in range(steps):
-                i, f, g, o = _lstm_gates(acts[t].add_(_step(hs[t], w, products)), hidden)
-                c = torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
-                h = torch.mul(o, torch.tanh(c, out=tanh_cs[t]), out=hs[t + 1])
-                if mask is not None:
-                    torch.where(mask[t], c, cs[t], out=c)
-                    torch.where(mask[t], h, hs[t], out=h)
+        for t in range(steps):
+            i, f, g, o = _lstm_gates(acts[t].add_(_step(hs[t], w, products)), hidden)
+            c = torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
+            h = torch.mul(o, torch.tanh(c, out=tanh_cs[t]), out=hs[t + 1])
+            if mask is not None:
+                torch.where(mask[t], c, cs[t], out=c)
+                torch.where(mask[t], h, hs[t], out=h)
         out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hs, cs, tanh_cs, w_hh, mask)
         ctx.x_shape, ctx.products, ctx.kernels = x.shape, products, kernels
@@ -286,6 +280,48 @@ class _LSTMLayer(torch.autograd.Function):
         d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_gates, x2d, w_ih)
         d_w_hh = _weight_grad(low, hs[:-1].flatten(0, 1), ctx.products) if ctx.needs_input_grad[5] else None
         return d_x, d_w_ih, d_b, dh, dc, d_w_hh, None, None, None
+
+
+def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, products):
+    """``_LSTMLayer.forward`` with the gates activated by one sigmoid (g's rows doubled, as in
+    :func:`_lstm_inference`) and the rest of a step's arithmetic in one compiled call. In float32 with
+    oneDNN a step is one product ``[x_t, h] @ [W_ih, W_hh]^T + b`` that applies the sigmoid itself, over
+    a buffer holding each step's input beside its state (the input projection is then no separate
+    product); with bf16 products, the projection first and one sigmoid call a step."""
+    steps, batch, inputs = x.shape
+    hidden = h0.shape[-1]
+    cs = x.new_empty((steps + 1, *h0.shape))
+    tanh_cs = x.new_empty((steps, *h0.shape))
+    cs[0] = c0
+    bytes_mask = _byte_mask(mask)
+    doubled_bias = _doubled_cell_input(bias, hidden)
+    if products is None and _uses_onednn(x):
+        rows = x.new_empty((steps + 1, batch, inputs + hidden))  # [x_t, h_t]
+        rows[:steps, :, :inputs] = x
+        rows[0, :, inputs:] = h0
+        hs = rows[:, :, inputs:]
+        acts = x.new_empty((steps, batch, 4 * hidden))  # the activated gates, kept for the backward pass
+        w = _prepare(_doubled_cell_input(torch.cat([w_ih, w_hh], 1), hidden), batch)
+        for t in range(steps):
+            s = torch.ops.mkldnn._linear_pointwise(rows[t], w, doubled_bias, "sigmoid", [], "")
+            kernels.lstm_forward_step(batch, hidden, s.data_ptr(), s.stride(0), acts[t].data_ptr(), cs[t].data_ptr(),
+                                      cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
+                                      hs[t + 1].data_ptr(), inputs + hidden, _row(bytes_mask, t))
+    else:
+        hs = x.new_empty((steps + 1, *h0.shape))
+        hs[0] = h0
+        acts = _project(x.reshape(steps * batch, -1), _doubled_cell_input(w_ih, hidden), doubled_bias,
+                        products).view(steps, batch, 4 * hidden)  # activated in place
+        w = _step_weight(_doubled_cell_input(w_hh, hidden), batch, products)
+        for t in range(steps):
+            s = acts[t].add_(_step(hs[t], w, products)).sigmoid_()
+            kernels.lstm_forward_step(batch, hidden, s.data_ptr(), s.stride(0), acts[t].data_ptr(), cs[t].data_ptr(),
+                                      cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
+                                      hs[t + 1].data_ptr(), hidden, _row(bytes_mask, t))
+    out = hs[1:].clone() if mask is None else hs[1:] * mask
+    ctx.save_for_backward(x.reshape(steps * batch, -1), w_ih, acts, hs, cs, tanh_cs, w_hh, mask)
+    ctx.x_shape, ctx.products, ctx.kernels = x.shape, products, kernels
+    return out, hs[-1].clone(), cs[-1].clone()
 
 
 def _lstm_backward_torch(acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, products):

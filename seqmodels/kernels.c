@@ -10,7 +10,10 @@
    floats) comes with them; `mask` is one
    byte per row (1 = a valid step) or NULL for no masking. At a masked step the state is carried
    over unchanged and the output is zero, as in cells.py. No -ffast-math: NaN and infinity must
-   propagate as they do in torch, so the clamps are written as comparisons that keep NaN. */
+   propagate as they do in torch, so the clamps are written as comparisons that keep NaN.
+   The rows of a step are shared among torch's own OpenMP threads where kernels.py builds with
+   -fopenmp (only where torch's libgomp is already loaded, so that there is one thread pool):
+   a step of batch 64 and hidden 256 is too much arithmetic for one core while the other waits. */
 
 #include <stdint.h>
 
@@ -48,43 +51,59 @@ static inline float tanh_f32(float x) {
     return ax < 0.25f ? small : t;
 }
 
-/* One valid row of the forward step, `a` (the row's input projection, 4H) overwritten in place
-   by the activated gates. */
-static inline __attribute__((always_inline)) void forward_row(
-        int64_t H, float *a, const float *restrict ri, const float *restrict cp,
-        float *restrict cn, float *restrict hn, float *restrict tc) {
-    const float *restrict rf = ri + H, *restrict rg = ri + 2 * H, *restrict ro = ri + 3 * H;
-    for (int64_t j = 0; j < H; j++) {
-        float i = sigmoid_f32(a[j] + ri[j]);
-        float f = sigmoid_f32(a[H + j] + rf[j]);
-        float g = tanh_f32(a[2 * H + j] + rg[j]);
-        float o = sigmoid_f32(a[3 * H + j] + ro[j]);
-        float c = f * cp[j] + i * g;
-        float t = tanh_f32(c);
-        cn[j] = c;
-        hn[j] = o * t;
-        tc[j] = t;
-        a[j] = i; a[H + j] = f; a[2 * H + j] = g; a[3 * H + j] = o;
+/* The forward steps take the gates after a sigmoid over all four, g's rows doubled beforehand
+   (oneDNN applies it inside the product, or one torch call does): s = sigmoid(2 y) gives
+   g = tanh(y) = 2 s - 1, so a step needs one exponential an element, for tanh(c), instead of five. */
+
+/* One valid row of the training step: the activated gates i, f, g, o from `s` into `a`, the new
+   cell state, its tanh and h. Two variants, so that each is a straight loop the compiler
+   vectorises: `s` and `a` are distinct (restrict), or the same memory (only g is rewritten). */
+#define FORWARD_ROW_BODY(COPY)                                                           \
+    for (int64_t j = 0; j < H; j++) {                                                    \
+        float i = s[j], f = s[H + j], g = 2.0f * s[2 * H + j] - 1.0f, o = s[3 * H + j]; \
+        float c = f * cp[j] + i * g;                                                     \
+        float t = tanh_f32(c);                                                           \
+        cn[j] = c;                                                                       \
+        hn[j] = o * t;                                                                   \
+        tc[j] = t;                                                                       \
+        a[2 * H + j] = g;                                                                \
+        if (COPY) { a[j] = i; a[H + j] = f; a[3 * H + j] = o; }                          \
     }
+
+static void forward_row_copy(int64_t H, const float *restrict s, float *restrict a, const float *restrict cp,
+                             float *restrict cn, float *restrict hn, float *restrict tc) {
+    FORWARD_ROW_BODY(1)
 }
 
-/* Training forward step. gates: (B, 4H), in torch.nn's gate order i, f, g, o: the input
-   projection, overwritten by the activated gates (kept for the backward pass); rec: the recurrent
-   product. c_prev -> c_next with tanh(c_next) in tanh_c; h_prev -> h_next, the state and output. */
-void lstm_forward_step(int64_t B, int64_t H, float *gates, const float *rec, int64_t rec_rs,
+static void forward_row_in_place(int64_t H, float *s, const float *restrict cp, float *restrict cn,
+                                 float *restrict hn, float *restrict tc) {
+    float *a = s;
+    FORWARD_ROW_BODY(0)
+}
+
+/* Training forward step. s: (B, 4H), rows `s_rs` apart, the sigmoid-activated gates in torch.nn's
+   order i, f, g, o; gates: (B, 4H), receives the activated gates kept for the backward pass (may be
+   `s` itself). c_prev -> c_next with tanh(c_next) in tanh_c; h_prev -> h_next, the state and the
+   output, rows `h_rs` apart. */
+void lstm_forward_step(int64_t B, int64_t H, const float *s, int64_t s_rs, float *gates,
                        const float *c_prev, float *c_next, float *tanh_c,
-                       const float *h_prev, float *h_next, const uint8_t *mask) {
+                       const float *h_prev, float *h_next, int64_t h_rs, const uint8_t *mask) {
+    #pragma omp parallel for if (B * H >= 8192)  /* smaller steps: not worth waking a thread */
     for (int64_t b = 0; b < B; b++) {
         float *a = gates + b * 4 * H;
         const float *restrict cp = c_prev + b * H;
-        float *restrict cn = c_next + b * H, *restrict hn = h_next + b * H, *restrict tc = tanh_c + b * H;
+        float *restrict cn = c_next + b * H, *restrict hn = h_next + b * h_rs, *restrict tc = tanh_c + b * H;
         if (mask && !mask[b]) {
-            const float *restrict hp = h_prev + b * H;
+            const float *restrict hp = h_prev + b * h_rs;
             for (int64_t j = 0; j < H; j++) { cn[j] = cp[j]; hn[j] = hp[j]; tc[j] = 0.0f; }
             for (int64_t j = 0; j < 4 * H; j++) a[j] = 0.0f;
             continue;
         }
-        forward_row(H, a, rec + b * rec_rs, cp, cn, hn, tc);
+        const float *sr = s + b * s_rs;
+        if (sr == a)
+            forward_row_in_place(H, a, cp, cn, hn, tc);
+        else
+            forward_row_copy(H, sr, a, cp, cn, hn, tc);
     }
 }
 
@@ -115,6 +134,7 @@ static inline __attribute__((always_inline)) void backward_row(
 void lstm_backward_step(int64_t B, int64_t H, float *gates, const float *c_prev, const float *tanh_c,
                         const float *dh_rec, int64_t dh_rec_rs, float *carry, const float *d_out, float *dc,
                         const uint8_t *mask) {
+    #pragma omp parallel for if (B * H >= 8192)
     for (int64_t b = 0; b < B; b++) {
         float *restrict gi = gates + b * 4 * H;
         const float *restrict dr = dh_rec + b * dh_rec_rs;
@@ -129,9 +149,7 @@ void lstm_backward_step(int64_t B, int64_t H, float *gates, const float *c_prev,
     }
 }
 
-/* Inference step, after a product that applied the sigmoid to all four gates itself (oneDNN's
-   post-op) with g's rows doubled: s = sigmoid(2 y) gives g = tanh(y) = 2 s - 1.
-   c (B, H) is updated in place; h: the new state, rows `h_rs` apart, where the next step's product
+/* Inference step, from the sigmoid-activated gates as above. c (B, H) is updated in place; h: the new state, rows `h_rs` apart, where the next step's product
    reads it (h_prev: the previous one, kept by masked rows); out: the output (zero when masked). */
 static inline __attribute__((always_inline)) void sigmoid_row(
         int64_t H, const float *restrict s, float *restrict c, float *restrict h, float *restrict o_) {
@@ -148,6 +166,7 @@ static inline __attribute__((always_inline)) void sigmoid_row(
 void lstm_infer_step(int64_t B, int64_t H, const float *s, int64_t s_rs, float *c,
                      const float *h_prev, float *h, int64_t h_rs, float *out, int64_t out_rs,
                      const uint8_t *mask) {
+    #pragma omp parallel for if (B * H >= 8192)
     for (int64_t b = 0; b < B; b++) {
         float *restrict hr = h + b * h_rs, *restrict o_ = out + b * out_rs;
         if (mask && !mask[b]) {

@@ -34,7 +34,7 @@ _CPU_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"],
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
-    "lstm_forward_step": [_i64, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "lstm_forward_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
     "lstm_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr],
     "lstm_infer_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr],
 }
@@ -60,14 +60,25 @@ def _cache_dir() -> Path:
     return Path(base) / "seqmodels"
 
 
+def _torch_libgomp_loaded() -> bool:
+    """Whether this process already has GNU OpenMP (torch's own, on Linux wheels). Only then does the
+    library get -fopenmp: its libgomp.so.1 dependency then resolves to that same copy, one thread
+    pool for torch and the kernels. Another OpenMP (Intel's, LLVM's) would add a second pool
+    fighting the first for the cores."""
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
 def _build(cc: str) -> Path | None:
     source = _SOURCE.read_bytes()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    for cpu_flags in _CPU_FLAGS:
-        flags = _BASE_FLAGS + cpu_flags
+    threads = (["-fopenmp"], []) if _torch_libgomp_loaded() else ([],)
+    for flags in (_BASE_FLAGS + parallel + cpu for parallel in threads for cpu in _CPU_FLAGS):
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                          _cpu_identity().encode()])).hexdigest()[:16]
         for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"seqmodels-{os.getuid()}"):
@@ -96,7 +107,7 @@ def _build(cc: str) -> Path | None:
             finally:
                 if os.path.exists(partial):
                     os.unlink(partial)
-            break  # this flag set does not compile here: the next one
+            break  # these flags do not compile here: the next ones
     return None
 
 

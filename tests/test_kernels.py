@@ -124,3 +124,14 @@ def test_the_build_is_cached_and_a_corrupt_cache_is_rebuilt(tmp_path):
 def test_the_compiled_step_builds_and_passes_its_check_where_there_is_a_compiler():
     """Else a kernel that fails its self-check would only make the scratch LSTM slower, silently."""
     assert compiled is not None
+
+
+@needs_compiled
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_the_compiled_step_shares_torchs_openmp_runtime():
+    """One thread pool: a second OpenMP runtime would fight torch's threads for the cores."""
+    code = ("import torch; from seqmodels import kernels; assert kernels.lstm() is not None; "
+            "print(len({line.split()[-1] for line in open('/proc/self/maps') if 'omp' in line.split('/')[-1]}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) <= 1
