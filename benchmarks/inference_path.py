@@ -35,7 +35,7 @@ def layer_calls(cell: str, steps: int, batch: int, inputs: int, hidden: int):
     w_ih, w_hh = torch.randn(gates * hidden, inputs) * 0.05, torch.randn(gates * hidden, hidden) * 0.05
     b, h0 = torch.zeros(gates * hidden), torch.zeros(batch, hidden)
     if cell == "LSTM":
-        return (lambda: cells._LSTMLayer.apply(x, w_ih, b, h0, h0, w_hh, None, None, cells._lstm_kernels(x)),
+        return (lambda: cells._LSTMLayer.apply(x, w_ih, b, h0, h0, w_hh, None, None, cells._compiled_steps(x)),
                 lambda: cells.lstm_layer(x, w_ih, b, h0, h0, w_hh, None))
     if cell == "GRU":
         return (lambda: cells._GRULayer.apply(x, w_ih, b, h0, w_hh, b, None, None),

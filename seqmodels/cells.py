@@ -12,7 +12,8 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   activations are overwritten by their gradients in place (no second sequence-sized buffer);
 * without autograd (evaluation, predict) nothing is kept for a backward pass: the projection is
   made 64 steps at a time and the outputs are the only sequence-sized buffer;
-* the LSTM's gate arithmetic of a step, nine torch calls forward and sixteen backward, is one call
+* the LSTM's gate arithmetic of a step, nine torch calls forward and sixteen backward (the GRU's in
+  inference, six), is one call
   into a small C loop (``kernels.c``, compiled on first use by :mod:`seqmodels.kernels`) for float32
   on the CPU where a C compiler is at hand; the torch form below stays the reference and the
   fallback, and the two agree to float32 rounding;
@@ -450,6 +451,17 @@ class _GRULayer(torch.autograd.Function):
         return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None
 
 
+_AUTO = object()
+
+
+def _compiled_steps(*tensors: Tensor | None):
+    """The compiled steps (:mod:`seqmodels.kernels`) where they apply: float32 tensors on the CPU."""
+    if all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors):
+        from seqmodels import kernels
+        return kernels.load()
+    return None
+
+
 def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Tensor,
               mask: Tensor | None, nonlinearity: str, products: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """One direction of one RNN layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``;
@@ -460,17 +472,6 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
     return _RNNLayer.apply(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu", products)
 
 
-_AUTO = object()
-
-
-def _lstm_kernels(*tensors: Tensor | None):
-    """The compiled LSTM steps (:mod:`seqmodels.kernels`) where they apply: float32 tensors on the CPU."""
-    if all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors):
-        from seqmodels import kernels
-        return kernels.lstm()
-    return None
-
-
 def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor,
                mask: Tensor | None, products: torch.dtype | None = None, kernels=_AUTO) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one LSTM layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``;
@@ -478,7 +479,7 @@ def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, c0: Ten
     the compiled gate arithmetic to use, None for torch operations, by default the compiled one where
     it applies (the two agree to float32 rounding). Returns ``(outputs (T, B, H), h_n (B, H), c_n (B, H))``."""
     if kernels is _AUTO:
-        kernels = _lstm_kernels(x, w_ih, bias, h0, c0, w_hh)
+        kernels = _compiled_steps(x, w_ih, bias, h0, c0, w_hh)
     if not _wants_grad(x, w_ih, bias, h0, c0, w_hh):
         if kernels is not None and _uses_onednn(x):
             return _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask)
@@ -487,11 +488,16 @@ def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, c0: Ten
 
 
 def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-              mask: Tensor | None, products: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+              mask: Tensor | None, products: torch.dtype | None = None, kernels=_AUTO) -> tuple[Tensor, Tensor]:
     """One direction of one GRU layer over ``x`` ``(T, B, I)``. ``b_hh`` stays separate because
     ``b_hn`` sits inside the reset gate's product; ``products``: the precision of the matrix products
-    in training (module docstring). Returns ``(outputs, h_n)``."""
+    in training (module docstring); ``kernels``: as for :func:`lstm_layer` (inference only: the GRU's
+    training loop already outpaces native's). Returns ``(outputs, h_n)``."""
     if not _wants_grad(x, w_ih, b_ih, h0, w_hh, b_hh):
+        if kernels is _AUTO:
+            kernels = _compiled_steps(x, w_ih, b_ih, h0, w_hh, b_hh)
+        if kernels is not None:
+            return _gru_inference_compiled(kernels, x, w_ih, b_ih, h0, w_hh, b_hh, mask)
         return _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
     return _GRULayer.apply(x, w_ih, b_ih, h0, w_hh, b_hh, mask, products)
 
@@ -598,6 +604,23 @@ def _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask):
                                     _row(bytes_mask, start + k))
         rows[0, :, inputs:] = rows[n, :, inputs:]
     return out, rows[0, :, inputs:].clone(), c
+
+
+def _gru_inference_compiled(kernels, x, w_ih, b_ih, h0, w_hh, b_hh, mask):
+    """:func:`_gru_inference` with each step's gate arithmetic in one compiled call."""
+    steps, batch, _ = x.shape
+    hidden = h0.shape[-1]
+    out = x.new_empty((steps, *h0.shape))
+    w = _prepare(w_hh, batch)
+    h, h_next, spare = h0.contiguous(), h0.new_empty(h0.shape), h0.new_empty(h0.shape)  # h0 is never written
+    bytes_mask = _byte_mask(mask)
+    for start, acts in _projected_chunks(x, w_ih, b_ih):
+        for t, a in enumerate(acts, start):
+            rec = _linear(h, w, b_hh)
+            kernels.gru_infer_step(batch, hidden, a.data_ptr(), rec.data_ptr(), h.data_ptr(), h_next.data_ptr(),
+                                   out[t].data_ptr(), _row(bytes_mask, t))
+            h, h_next = h_next, (spare if t == 0 else h)
+    return out, h.clone() if steps == 0 else h
 
 
 def _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask):

@@ -177,3 +177,33 @@ void lstm_infer_step(int64_t B, int64_t H, const float *s, int64_t s_rs, float *
         sigmoid_row(H, s + b * s_rs, c + b * H, hr, o_);
     }
 }
+
+/* GRU inference step. proj: (B, 3H) the input projection x W_ih^T + b_ih, in torch.nn's gate
+   order r, z, n; rec: (B, 3H) the recurrent product h W_hh^T + b_hh. h_prev -> h_next (the state),
+   out: the output (zero when masked). */
+static inline __attribute__((always_inline)) void gru_row(
+        int64_t H, const float *restrict p, const float *restrict r_, const float *restrict hp,
+        float *restrict hn, float *restrict o_) {
+    for (int64_t j = 0; j < H; j++) {
+        float r = sigmoid_f32(p[j] + r_[j]);
+        float z = sigmoid_f32(p[H + j] + r_[H + j]);
+        float n = tanh_f32(p[2 * H + j] + r * r_[2 * H + j]);
+        float h = n + z * (hp[j] - n);
+        hn[j] = h;
+        o_[j] = h;
+    }
+}
+
+void gru_infer_step(int64_t B, int64_t H, const float *proj, const float *rec, const float *h_prev,
+                    float *h_next, float *out, const uint8_t *mask) {
+    #pragma omp parallel for if (B * H >= 8192)
+    for (int64_t b = 0; b < B; b++) {
+        const float *restrict hp = h_prev + b * H;
+        float *restrict hn = h_next + b * H, *restrict o_ = out + b * H;
+        if (mask && !mask[b]) {
+            for (int64_t j = 0; j < H; j++) { hn[j] = hp[j]; o_[j] = 0.0f; }
+            continue;
+        }
+        gru_row(H, proj + b * 3 * H, rec + b * 3 * H, hp, hn, o_);
+    }
+}

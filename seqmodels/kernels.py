@@ -1,9 +1,10 @@
-"""The scratch LSTM's gate arithmetic as one compiled loop per time step (``kernels.c``).
+"""The scratch cells' gate arithmetic as one compiled loop per time step (``kernels.c``): the
+LSTM's in training and inference, the GRU's in inference.
 
 Built on first use with the machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
 for the CPU it runs on, cached under ``$XDG_CACHE_HOME/seqmodels`` (``~/.cache/seqmodels``), and
 checked against the torch form of the same equations before it is used. Where there is no
-compiler, the build fails, or the check does not agree, :func:`lstm` returns None and
+compiler, the build fails, or the check does not agree, :func:`load` returns None and
 ``seqmodels.cells`` runs the torch form: the same numbers, a slower loop. ``SEQMODELS_KERNELS=0``
 turns the kernels off.
 """
@@ -37,6 +38,7 @@ _SIGNATURES = {
     "lstm_forward_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
     "lstm_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr],
     "lstm_infer_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr],
+    "gru_infer_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
 }
 
 
@@ -124,7 +126,8 @@ def _load(library: Path) -> ctypes.CDLL | None:
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
-    """One masked forward and backward step through ``lib`` against the torch form of the equations."""
+    """A few masked steps through ``lib`` against the torch form of the equations: the LSTM forward,
+    backward and inference, the GRU inference."""
     from seqmodels import cells  # cells imports this module lazily, so no cycle at import time
 
     gen = torch.Generator().manual_seed(0)
@@ -143,29 +146,27 @@ def _agrees(lib: ctypes.CDLL) -> bool:
                 grads = torch.autograd.grad((out.sin().sum() + hn.cos().sum() + cn.sum()), params)
             with torch.no_grad():
                 infer = cells.lstm_layer(*params[:5], params[5], mask, kernels=kernels)
-            results.append([out, hn, cn, *grads, *infer])
+                gru = cells.gru_layer(x, w_ih[: 3 * hidden], bias[: 3 * hidden], h0, w_hh[: 3 * hidden],
+                                      bias[hidden:], mask, kernels=kernels)
+            results.append([out, hn, cn, *grads, *infer, *gru])
     except (RuntimeError, ctypes.ArgumentError) as err:
-        log.warning("seqmodels' compiled LSTM step failed its check: %s", err)
+        log.warning("seqmodels' compiled steps failed their check: %s", err)
         return False
     return all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(*results))
 
 
 @functools.cache
-def lstm() -> ctypes.CDLL | None:
-    """The compiled LSTM step functions for this machine, or None where they cannot be had (module docstring)."""
+def load() -> ctypes.CDLL | None:
+    """The compiled step functions for this machine, or None where they cannot be had (module docstring)."""
     if os.environ.get("SEQMODELS_KERNELS", "1") == "0":
         return None
     cc = _compiler()
     library = _build(cc) if cc else None
     lib = _load(library) if library else None
     if lib is not None and not _agrees(lib):
-        log.warning("seqmodels' compiled LSTM step disagrees with the torch form on this machine; using the "
+        log.warning("seqmodels' compiled steps disagree with the torch form on this machine; using the "
                     "torch form (slower). Please report your CPU and compiler.")
         lib = None
     if lib is None:
-        log.info("seqmodels' compiled LSTM step is not available here; the scratch LSTM runs its torch form")
+        log.info("seqmodels' compiled steps are not available here; the scratch cells run their torch form")
     return lib
-
-
-def ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()

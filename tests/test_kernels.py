@@ -1,5 +1,5 @@
-"""The compiled LSTM step (seqmodels/kernels.c) against the torch form of the same equations, and
-what happens where it cannot be built."""
+"""The compiled steps (seqmodels/kernels.c) against the torch form of the same equations, and what
+happens where they cannot be built."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from seqmodels import cells, kernels
 
-compiled = kernels.lstm()
+compiled = kernels.load()
 needs_compiled = pytest.mark.skipif(compiled is None, reason="no C compiler here: the torch form is what runs")
 
 
@@ -60,6 +60,21 @@ def test_compiled_step_matches_the_torch_form(steps, batch, inputs, hidden, ragg
 
 
 @needs_compiled
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
+def test_compiled_gru_inference_matches_the_torch_form(steps, batch, inputs, hidden, ragged):
+    (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 1, ragged=ragged)
+    w_ih, w_hh, b_ih, b_hh = w_ih[: 3 * hidden], w_hh[: 3 * hidden], bias[: 3 * hidden], bias[hidden:]
+    with torch.no_grad():
+        expected = cells.gru_layer(x, w_ih, b_ih, h0, w_hh, b_hh, mask, kernels=None)
+        got = cells.gru_layer(x, w_ih, b_ih, h0, w_hh, b_hh, mask, kernels=compiled)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+    if ragged:
+        assert torch.equal(got[1][0], h0[0]) and not got[0][:, 0].any()
+
+
+@needs_compiled
 def test_compiled_step_with_bf16_products_matches_the_torch_form():
     params, mask = _layer_inputs(20, 6, 5, 24, seed=3, ragged=True)
     for a, b in zip(sum(_run(params, mask, None, torch.bfloat16)[:2], []),
@@ -83,12 +98,12 @@ def test_compiled_step_keeps_nan_and_infinity():
 @needs_compiled
 def test_the_scratch_lstm_uses_the_compiled_step_for_float32_on_the_cpu():
     x = torch.randn(3, 2, 4)
-    assert cells._lstm_kernels(x) is compiled
-    assert cells._lstm_kernels(x.double()) is None
+    assert cells._compiled_steps(x) is compiled
+    assert cells._compiled_steps(x.double()) is None
 
 
 def _load_in_a_fresh_process(env: dict) -> str:
-    code = "from seqmodels import kernels; print(kernels.lstm() is not None)"
+    code = "from seqmodels import kernels; print(kernels.load() is not None)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env},
                           timeout=300)
     assert done.returncode == 0, done.stderr
@@ -130,7 +145,7 @@ def test_the_compiled_step_builds_and_passes_its_check_where_there_is_a_compiler
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_the_compiled_step_shares_torchs_openmp_runtime():
     """One thread pool: a second OpenMP runtime would fight torch's threads for the cores."""
-    code = ("import torch; from seqmodels import kernels; assert kernels.lstm() is not None; "
+    code = ("import torch; from seqmodels import kernels; assert kernels.load() is not None; "
             "print(len({line.split()[-1] for line in open('/proc/self/maps') if 'omp' in line.split('/')[-1]}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
