@@ -12,8 +12,8 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   activations are overwritten by their gradients in place (no second sequence-sized buffer);
 * without autograd (evaluation, predict) nothing is kept for a backward pass: the projection is
   made 64 steps at a time and the outputs are the only sequence-sized buffer;
-* the LSTM's gate arithmetic of a step, nine torch calls forward and sixteen backward (the GRU's in
-  inference, six), is one call
+* the LSTM's gate arithmetic of a step, nine torch calls forward and sixteen backward (the GRU's and
+  RNN's in inference), is one call
   into a small C loop (``kernels.c``, compiled on first use by :mod:`seqmodels.kernels`) for float32
   on the CPU where a C compiler is at hand; the torch form below stays the reference and the
   fallback, and the two agree to float32 rounding;
@@ -463,11 +463,16 @@ def _compiled_steps(*tensors: Tensor | None):
 
 
 def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Tensor,
-              mask: Tensor | None, nonlinearity: str, products: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+              mask: Tensor | None, nonlinearity: str, products: torch.dtype | None = None,
+              kernels=_AUTO) -> tuple[Tensor, Tensor]:
     """One direction of one RNN layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``;
-    ``products``: the precision of the matrix products in training (module docstring).
-    Returns ``(outputs (T, B, H), h_n (B, H))``."""
+    ``products``: the precision of the matrix products in training (module docstring); ``kernels``:
+    as for :func:`gru_layer`. Returns ``(outputs (T, B, H), h_n (B, H))``."""
     if not _wants_grad(x, w_ih, bias, h0, w_hh):
+        if kernels is _AUTO:
+            kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
+        if kernels is not None:
+            return _rnn_inference_compiled(kernels, x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
         return _rnn_inference(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
     return _RNNLayer.apply(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu", products)
 
@@ -540,6 +545,23 @@ def _rnn_inference(x, w_ih, bias, h0, w_hh, mask, relu: bool):
                 a.relu_() if relu else a.tanh_()
                 h = torch.where(mask[t], a, h, out=out[t])
     return _finish(out, h, mask)
+
+
+def _rnn_inference_compiled(kernels, x, w_ih, bias, h0, w_hh, mask, relu: bool):
+    """:func:`_rnn_inference` with each step's addition and activation in one compiled call."""
+    steps, batch, _ = x.shape
+    hidden = h0.shape[-1]
+    out = x.new_empty((steps, *h0.shape))
+    w = _prepare(w_hh, batch)
+    h, h_next, spare = h0.contiguous(), h0.new_empty(h0.shape), h0.new_empty(h0.shape)  # h0 is never written
+    bytes_mask = _byte_mask(mask)
+    for start, acts in _projected_chunks(x, w_ih, bias):
+        for t, a in enumerate(acts, start):
+            rec = _linear(h, w)
+            kernels.rnn_infer_step(batch, hidden, int(relu), a.data_ptr(), rec.data_ptr(), h.data_ptr(),
+                                   h_next.data_ptr(), out[t].data_ptr(), _row(bytes_mask, t))
+            h, h_next = h_next, (spare if t == 0 else h)
+    return out, h.clone() if steps == 0 else h
 
 
 def _doubled_cell_input(t: Tensor | None, hidden: int) -> Tensor | None:

@@ -207,3 +207,20 @@ void gru_infer_step(int64_t B, int64_t H, const float *proj, const float *rec, c
         gru_row(H, proj + b * 3 * H, rec + b * 3 * H, hp, hn, o_);
     }
 }
+
+/* RNN inference step: h_next = act(proj + rec) with act tanh or, `relu` = 1, max(0, .); out as above. */
+void rnn_infer_step(int64_t B, int64_t H, int64_t relu, const float *proj, const float *rec,
+                    const float *h_prev, float *h_next, float *out, const uint8_t *mask) {
+    #pragma omp parallel for if (B * H >= 8192)
+    for (int64_t b = 0; b < B; b++) {
+        const float *restrict p = proj + b * H, *restrict r = rec + b * H, *restrict hp = h_prev + b * H;
+        float *restrict hn = h_next + b * H, *restrict o_ = out + b * H;
+        if (mask && !mask[b]) {
+            for (int64_t j = 0; j < H; j++) { hn[j] = hp[j]; o_[j] = 0.0f; }
+        } else if (relu) {
+            for (int64_t j = 0; j < H; j++) { float y = p[j] + r[j]; y = y > 0.0f ? y : (y == y ? 0.0f : y); hn[j] = y; o_[j] = y; }
+        } else {
+            for (int64_t j = 0; j < H; j++) { float y = tanh_f32(p[j] + r[j]); hn[j] = y; o_[j] = y; }
+        }
+    }
+}

@@ -1,5 +1,5 @@
 """The scratch cells' gate arithmetic as one compiled loop per time step (``kernels.c``): the
-LSTM's in training and inference, the GRU's in inference.
+LSTM's in training and inference, the GRU's and the RNN's in inference.
 
 Built on first use with the machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
 for the CPU it runs on, cached under ``$XDG_CACHE_HOME/seqmodels`` (``~/.cache/seqmodels``), and
@@ -39,6 +39,7 @@ _SIGNATURES = {
     "lstm_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr],
     "lstm_infer_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr],
     "gru_infer_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "rnn_infer_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
 }
 
 
@@ -127,7 +128,7 @@ def _load(library: Path) -> ctypes.CDLL | None:
 
 def _agrees(lib: ctypes.CDLL) -> bool:
     """A few masked steps through ``lib`` against the torch form of the equations: the LSTM forward,
-    backward and inference, the GRU inference."""
+    backward and inference, the GRU and RNN (tanh and relu) inference."""
     from seqmodels import cells  # cells imports this module lazily, so no cycle at import time
 
     gen = torch.Generator().manual_seed(0)
@@ -148,7 +149,9 @@ def _agrees(lib: ctypes.CDLL) -> bool:
                 infer = cells.lstm_layer(*params[:5], params[5], mask, kernels=kernels)
                 gru = cells.gru_layer(x, w_ih[: 3 * hidden], bias[: 3 * hidden], h0, w_hh[: 3 * hidden],
                                       bias[hidden:], mask, kernels=kernels)
-            results.append([out, hn, cn, *grads, *infer, *gru])
+                rnn = [t for relu in ("tanh", "relu") for t in cells.rnn_layer(
+                    x, w_ih[:hidden], bias[:hidden], h0, w_hh[:hidden], mask, relu, kernels=kernels)]
+            results.append([out, hn, cn, *grads, *infer, *gru, *rnn])
     except (RuntimeError, ctypes.ArgumentError) as err:
         log.warning("seqmodels' compiled steps failed their check: %s", err)
         return False

@@ -60,17 +60,24 @@ def test_compiled_step_matches_the_torch_form(steps, batch, inputs, hidden, ragg
 
 
 @needs_compiled
+@pytest.mark.parametrize("cell", ["GRU", "RNN-tanh", "RNN-relu"])
 @pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
-def test_compiled_gru_inference_matches_the_torch_form(steps, batch, inputs, hidden, ragged):
+def test_compiled_gru_and_rnn_inference_match_the_torch_form(cell, steps, batch, inputs, hidden, ragged):
     (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 1, ragged=ragged)
-    w_ih, w_hh, b_ih, b_hh = w_ih[: 3 * hidden], w_hh[: 3 * hidden], bias[: 3 * hidden], bias[hidden:]
+
+    def layer(kernels):
+        if cell == "GRU":
+            return cells.gru_layer(x, w_ih[: 3 * hidden], bias[: 3 * hidden], h0, w_hh[: 3 * hidden], bias[hidden:],
+                                   mask, kernels=kernels)
+        return cells.rnn_layer(x, w_ih[:hidden], bias[:hidden], h0, w_hh[:hidden], mask, cell[4:].lower(),
+                               kernels=kernels)
+
     with torch.no_grad():
-        expected = cells.gru_layer(x, w_ih, b_ih, h0, w_hh, b_hh, mask, kernels=None)
-        got = cells.gru_layer(x, w_ih, b_ih, h0, w_hh, b_hh, mask, kernels=compiled)
+        expected, got = layer(None), layer(compiled)
     for a, b in zip(expected, got):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
-    if ragged:
+    if ragged:  # an empty row keeps its initial state and outputs zeros
         assert torch.equal(got[1][0], h0[0]) and not got[0][:, 0].any()
 
 
