@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("kernels.c")
 # No -ffast-math: it would let the compiler drop NaN and infinity handling, and on some
 # toolchains linking with it switches the whole process to flush denormals to zero.
-_BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno"]
+# -fno-trapping-math (torch never enables floating-point traps) lets gcc compute both sides of
+# the kernels' selects: without it, for AVX2 (no masked vector instructions) it left the gate loops
+# scalar, and the compiled GRU and RNN inference ran 1.4-1.6x slower than torch's calls.
+_BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
 # Tried in order: the first that compiles is used. Wide vectors pay on AVX-512 CPUs (gcc
 # otherwise keeps to 256-bit ones); -march=native is what makes the loop fast at all.
 _CPU_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], ["-mcpu=native"], [])
