@@ -2,7 +2,7 @@
 LSTM's in training and inference, the GRU's and the RNN's in inference.
 
 Built on first use with the machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
-for the CPU it runs on, cached under ``$XDG_CACHE_HOME/seqmodels`` (``~/.cache/seqmodels``), and
+for the CPU it runs on, cached under ``$SEQMODELS_CACHE_DIR`` (``~/.cache/seqmodels``), and
 checked against the torch form of the same equations before it is used. Where there is no
 compiler, the build fails, or the check does not agree, :func:`load` returns None and
 ``seqmodels.cells`` runs the torch form: the same numbers, a slower loop. ``SEQMODELS_KERNELS=0``
@@ -62,8 +62,8 @@ def _cpu_identity() -> str:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "seqmodels"
+    """The data modules' cache folder (datamodules/paths.py; seqmodels does not import datamodules)."""
+    return Path(os.environ.get("SEQMODELS_CACHE_DIR") or Path.home() / ".cache" / "seqmodels")
 
 
 def _torch_libgomp_loaded() -> bool:

@@ -121,27 +121,27 @@ def _load_in_a_fresh_process(env: dict) -> str:
 
 
 def test_without_a_compiler_the_torch_form_runs(tmp_path):
-    assert _load_in_a_fresh_process({"CC": str(tmp_path / "no-such-cc"), "XDG_CACHE_HOME": str(tmp_path)}) == "False"
+    assert _load_in_a_fresh_process({"CC": str(tmp_path / "no-such-cc"), "SEQMODELS_CACHE_DIR": str(tmp_path)}) == "False"
     assert _load_in_a_fresh_process({"SEQMODELS_KERNELS": "0"}) == "False"
     code = ("import torch; from seqmodels.backbones import LSTM; m = LSTM(3, 5, impl='scratch'); "
             "out, _ = m(torch.randn(2, 4, 3)); out.sum().backward(); print(out.shape)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CC": str(tmp_path / "no-such-cc"), "XDG_CACHE_HOME": str(tmp_path)})
+                          env={**os.environ, "CC": str(tmp_path / "no-such-cc"), "SEQMODELS_CACHE_DIR": str(tmp_path)})
     assert done.returncode == 0 and "torch.Size([2, 4, 5])" in done.stdout, done.stderr
 
 
 @needs_compiled
 def test_the_build_is_cached_and_a_corrupt_cache_is_rebuilt(tmp_path):
-    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    env = {"SEQMODELS_CACHE_DIR": str(tmp_path)}
     assert _load_in_a_fresh_process(env) == "True"
-    (built,) = (tmp_path / "seqmodels").glob("kernels-*.so")
+    (built,) = tmp_path.glob("kernels-*.so")
     stamp = built.stat().st_mtime_ns
     assert _load_in_a_fresh_process(env) == "True"
     assert built.stat().st_mtime_ns == stamp  # loaded, not built again
     built.write_bytes(b"not a shared library")
     assert _load_in_a_fresh_process(env) == "True"
     assert built.read_bytes()[:4] == b"\x7fELF" or sys.platform == "darwin"
-    assert not [p for p in (tmp_path / "seqmodels").iterdir() if p != built]  # no partial files left
+    assert not [p for p in tmp_path.iterdir() if p != built]  # no partial files left
 
 
 @pytest.mark.skipif(kernels._compiler() is None or os.environ.get("SEQMODELS_KERNELS") == "0",
