@@ -63,8 +63,8 @@ def lost_files(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return [name for name, digest in before.items() if after.get(name) != digest]
 
 
-def main_py(folder: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "SEQMODELS_DATA_DIR": str(folder / "nodata")}
+def main_py(folder: Path, *args: str, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "SEQMODELS_DATA_DIR": str(folder / "nodata"), **(env or {})}
     done = subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=folder, capture_output=True, text=True,
                           env=environment)
     if check and done.returncode != 0:
@@ -82,9 +82,9 @@ def message_of(stderr: str) -> str:
     return " ".join(line.strip() for line in shown if not line.lstrip().startswith("For more details"))
 
 
-def attempt(fault: str, folder: Path, *args: str, note: str = "") -> Outcome:
+def attempt(fault: str, folder: Path, *args: str, note: str = "", env: dict | None = None) -> Outcome:
     before = snapshot(folder)
-    done = main_py(folder, *args)
+    done = main_py(folder, *args, env=env)
     after = snapshot(folder)
     return Outcome(fault, done.returncode, message_of(done.stderr), "Traceback (most recent call last)" in done.stderr,
                    lost_files(before, after), sorted(after.keys() - before.keys()), note)
@@ -120,6 +120,9 @@ def write_data(folder: Path) -> None:
             frame.to_parquet(parts / f"{split}-00000-of-00001.parquet")
     (folder / "reviews.txt").write_text("A wonderful film.\n\nBoring and awful.\n", encoding="utf-8")
     (folder / "reviews.jsonl").write_text('{"text": "fine"}\n["not", "an", "object"]\n', encoding="utf-8")
+    broken = folder / "broken-cc"  # a C compiler that runs but cannot build anything
+    broken.write_text('#!/bin/sh\n[ "$1" = --version ] && exit 0\necho "broken-cc: cannot build" >&2\nexit 1\n')
+    broken.chmod(0o755)
 
 
 def run_until_checkpoint_then_kill(folder: Path, args: list[str], last: Path) -> int:
@@ -258,6 +261,10 @@ def data_faults(folder: Path) -> list[Outcome]:
         attempt("text: shorter than one window", folder, "fit", *CHARS, "--data.path", "short.txt"),
         attempt("text predict: prompt of unknown characters only", folder, "predict", *CHARS, "--data.path",
                 "text.txt", "--ckpt_path", chars_last, "--data.prompt", "ЖЩ", "--output", "gen.txt"),
+        attempt("scratch LSTM with a C compiler that cannot build (CC)", folder, "fit", *SINE, "--trainer.max_epochs",
+                "1", "--run_name", "broken_cc", env={"CC": str(folder / "broken-cc"),
+                                                     "SEQMODELS_CACHE_DIR": str(folder / "kernel-cache")},
+                note="trains on the torch form; one warning names the compiler"),
     ]
     return outcomes
 

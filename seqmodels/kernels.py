@@ -47,8 +47,10 @@ _SIGNATURES = {
 
 
 def _compiler() -> str | None:
-    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
-    return next((path for path in map(shutil.which, names) if path), None)
+    """``$CC`` as given (one that does not run gets a warning), else the first of cc, gcc, clang found."""
+    if os.environ.get("CC"):
+        return shutil.which(os.environ["CC"]) or os.environ["CC"]
+    return next((path for path in map(shutil.which, ["cc", "gcc", "clang"]) if path), None)
 
 
 def _cpu_identity() -> str:
@@ -81,13 +83,17 @@ def _build(cc: str) -> Path | None:
     source = _SOURCE.read_bytes()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("seqmodels: the C compiler %s does not run (%s); the scratch cells run their torch form "
+                    "(slower). Set CC to a working compiler, or SEQMODELS_KERNELS=0 to skip this.", cc, err)
         return None
     threads = (["-fopenmp"], []) if _torch_libgomp_loaded() else ([],)
+    failure = ""
     for flags in (_BASE_FLAGS + parallel + cpu for parallel in threads for cpu in _CPU_FLAGS):
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                          _cpu_identity().encode()])).hexdigest()[:16]
-        for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"seqmodels-{os.getuid()}"):
+        user = getattr(os, "getuid", lambda: "user")()
+        for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"seqmodels-{user}"):
             library = folder / f"kernels-{key}.so"
             if library.exists():
                 if _load(library) is not None:
@@ -107,13 +113,17 @@ def _build(cc: str) -> Path | None:
                 if done.returncode == 0:
                     os.replace(partial, library)
                     return library
-                log.info("compiling %s with %s failed: %s", _SOURCE.name, " ".join(flags), done.stderr.strip())
+                failure = done.stderr.strip() or f"exit status {done.returncode}"
+                log.info("compiling %s with %s failed: %s", _SOURCE.name, " ".join(flags), failure)
             except (OSError, subprocess.SubprocessError) as err:
-                log.info("compiling %s failed: %s", _SOURCE.name, err)
+                failure = str(err)
             finally:
                 if os.path.exists(partial):
                     os.unlink(partial)
             break  # these flags do not compile here: the next ones
+    first_line = failure.splitlines()[0] if failure else "no writable cache folder"
+    log.warning("seqmodels: compiling %s with %s failed (%s); the scratch cells run their torch form (slower). "
+                "Set CC to a working compiler, or SEQMODELS_KERNELS=0 to skip this.", _SOURCE, cc, first_line)
     return None
 
 

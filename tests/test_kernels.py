@@ -112,21 +112,36 @@ def test_the_scratch_lstm_uses_the_compiled_step_for_float32_on_the_cpu():
     assert cells._compiled_steps(x.double()) is None
 
 
-def _load_in_a_fresh_process(env: dict) -> str:
+def _load_in_a_fresh_process(env: dict, stderr: list | None = None) -> str:
     code = "from seqmodels import kernels; print(kernels.load() is not None)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env},
                           timeout=300)
     assert done.returncode == 0, done.stderr
+    if stderr is not None:
+        stderr.append(done.stderr)
     return done.stdout.strip()
 
 
-def test_without_a_compiler_the_torch_form_runs(tmp_path):
-    assert _load_in_a_fresh_process({"CC": str(tmp_path / "no-such-cc"), "SEQMODELS_CACHE_DIR": str(tmp_path)}) == "False"
+def test_without_a_working_compiler_the_torch_form_runs_and_a_broken_one_is_named(tmp_path):
+    path_without_cc = {"PATH": str(tmp_path / "empty"), "SEQMODELS_CACHE_DIR": str(tmp_path)}
+    (tmp_path / "empty").mkdir()
+    messages = []
+    assert _load_in_a_fresh_process(path_without_cc, messages) == "False"  # no compiler at all: silent
+    assert "seqmodels" not in messages[-1]
     assert _load_in_a_fresh_process({"SEQMODELS_KERNELS": "0"}) == "False"
+
+    broken = tmp_path / "broken-cc"
+    broken.write_text('#!/bin/sh\n[ "$1" = --version ] && exit 0\necho "broken-cc: cannot build" >&2\nexit 1\n')
+    broken.chmod(0o755)
+    for cc, said in [(str(broken), "broken-cc: cannot build"), (str(tmp_path / "no-such-cc"), "does not run")]:
+        assert _load_in_a_fresh_process({"CC": cc, "SEQMODELS_CACHE_DIR": str(tmp_path)}, messages) == "False"
+        assert said in messages[-1] and "torch form" in messages[-1] and "SEQMODELS_KERNELS=0" in messages[-1]
+    assert not list(tmp_path.glob("*.so")) and not list(tmp_path.glob("tmp*"))  # nothing half-built left
+
     code = ("import torch; from seqmodels.backbones import LSTM; m = LSTM(3, 5, impl='scratch'); "
             "out, _ = m(torch.randn(2, 4, 3)); out.sum().backward(); print(out.shape)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CC": str(tmp_path / "no-such-cc"), "SEQMODELS_CACHE_DIR": str(tmp_path)})
+                          env={**os.environ, "CC": str(broken), "SEQMODELS_CACHE_DIR": str(tmp_path)})
     assert done.returncode == 0 and "torch.Size([2, 4, 5])" in done.stdout, done.stderr
 
 

@@ -48,7 +48,7 @@ def test_resuming_gives_the_same_weights_and_metrics_as_an_uninterrupted_run(tas
     for name, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][name]), name
     straight_losses = val_losses(logs / "straight/version_0")
-    assert len(straight_losses) == 3  # one a validation
+    assert len(straight_losses) == 3  # one per validation
     assert val_losses(logs / "resumed/version_0") == straight_losses
 
 
