@@ -483,7 +483,11 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
         if kernels is _AUTO:
             kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
         if kernels is not None:
-            return _rnn_inference_compiled(kernels, x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
+            relu = int(nonlinearity == "relu")
+
+            def step(batch, hidden, *addresses):
+                kernels.rnn_infer_step(batch, hidden, relu, *addresses)
+            return _inference_compiled(step, x, w_ih, bias, h0, w_hh, None, mask)
         return _rnn_inference(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
     return _RNNLayer.apply(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu", products)
 
@@ -513,7 +517,7 @@ def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
         if kernels is _AUTO:
             kernels = _compiled_steps(x, w_ih, b_ih, h0, w_hh, b_hh)
         if kernels is not None:
-            return _gru_inference_compiled(kernels, x, w_ih, b_ih, h0, w_hh, b_hh, mask)
+            return _inference_compiled(kernels.gru_infer_step, x, w_ih, b_ih, h0, w_hh, b_hh, mask)
         return _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
     return _GRULayer.apply(x, w_ih, b_ih, h0, w_hh, b_hh, mask, products)
 
@@ -558,19 +562,19 @@ def _rnn_inference(x, w_ih, bias, h0, w_hh, mask, relu: bool):
     return _finish(out, h, mask)
 
 
-def _rnn_inference_compiled(kernels, x, w_ih, bias, h0, w_hh, mask, relu: bool):
-    """:func:`_rnn_inference` with each step's addition and activation in one compiled call."""
+def _inference_compiled(step, x, w_ih, b_ih, h0, w_hh, b_hh, mask):
+    """The GRU's and RNN's inference loop with each step's arithmetic in one compiled call:
+    ``step(batch, hidden, projection, product, h, h_next, out, mask)``, the last six as addresses."""
     steps, batch, _ = x.shape
-    hidden = h0.shape[-1]
     out = x.new_empty((steps, *h0.shape))
     w = _prepare(w_hh, batch)
     h, h_next, spare = h0.contiguous(), h0.new_empty(h0.shape), h0.new_empty(h0.shape)  # h0 is never written
     bytes_mask = _byte_mask(mask)
-    for start, acts in _projected_chunks(x, w_ih, bias):
+    for start, acts in _projected_chunks(x, w_ih, b_ih):
         for t, a in enumerate(acts, start):
-            rec = _linear(h, w)
-            kernels.rnn_infer_step(batch, hidden, int(relu), a.data_ptr(), rec.data_ptr(), h.data_ptr(),
-                                   h_next.data_ptr(), out[t].data_ptr(), _row(bytes_mask, t))
+            rec = _linear(h, w, b_hh)
+            step(batch, h0.shape[-1], a.data_ptr(), rec.data_ptr(), h.data_ptr(), h_next.data_ptr(), out[t].data_ptr(),
+                 _row(bytes_mask, t))
             h, h_next = h_next, (spare if t == 0 else h)
     return out, h.clone() if steps == 0 else h
 
@@ -637,23 +641,6 @@ def _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask):
                                     _row(bytes_mask, start + k))
         rows[0, :, inputs:] = rows[n, :, inputs:]
     return out, rows[0, :, inputs:].clone(), c
-
-
-def _gru_inference_compiled(kernels, x, w_ih, b_ih, h0, w_hh, b_hh, mask):
-    """:func:`_gru_inference` with each step's gate arithmetic in one compiled call."""
-    steps, batch, _ = x.shape
-    hidden = h0.shape[-1]
-    out = x.new_empty((steps, *h0.shape))
-    w = _prepare(w_hh, batch)
-    h, h_next, spare = h0.contiguous(), h0.new_empty(h0.shape), h0.new_empty(h0.shape)  # h0 is never written
-    bytes_mask = _byte_mask(mask)
-    for start, acts in _projected_chunks(x, w_ih, b_ih):
-        for t, a in enumerate(acts, start):
-            rec = _linear(h, w, b_hh)
-            kernels.gru_infer_step(batch, hidden, a.data_ptr(), rec.data_ptr(), h.data_ptr(), h_next.data_ptr(),
-                                   out[t].data_ptr(), _row(bytes_mask, t))
-            h, h_next = h_next, (spare if t == 0 else h)
-    return out, h.clone() if steps == 0 else h
 
 
 def _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask):
