@@ -12,11 +12,10 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   activations are overwritten by their gradients in place (no second sequence-sized buffer);
 * without autograd (evaluation, predict) nothing is kept for a backward pass: the projection is
   made 64 steps at a time and the outputs are the only sequence-sized buffer;
-* the LSTM's gate arithmetic of a step, nine torch calls forward and sixteen backward (the GRU's and
-  RNN's in inference), is one call
-  into a small C loop (``kernels.c``, compiled on first use by :mod:`seqmodels.kernels`) for float32
-  on the CPU where a C compiler is at hand; the torch form below stays the reference and the
-  fallback, and the two agree to float32 rounding;
+* a step's gate arithmetic (the LSTM's nine torch calls forward and sixteen backward; the GRU's;
+  the RNN's in inference) is one call into a small C loop (``kernels.c``, compiled on first use by
+  :mod:`seqmodels.kernels`) for float32 on the CPU where a C compiler is at hand; the torch form
+  below stays the reference and the fallback, and the two agree to float32 rounding;
 * in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
   arithmetic, the matrix products take bfloat16 inputs (``products``); everything else, the gate
   arithmetic and the cell state above all, stays in float32, and so does evaluation, whose
@@ -398,7 +397,7 @@ def _lstm_backward_loop(kernels, acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask
 
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, mask, products):
+    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, mask, products, kernels):
         steps, batch, _ = x.shape
         hidden = h0.shape[-1]
         x2d = x.reshape(steps * batch, -1)
@@ -407,9 +406,14 @@ class _GRULayer(torch.autograd.Function):
         hs = x.new_empty((steps + 1, *h0.shape))
         hs[0] = h0
         w = _step_weight(w_hh, batch, products)
+        bytes_mask = _byte_mask(mask) if kernels is not None else None
         for t in range(steps):
             h = hs[t]
             hp = _step(h, w, products, b_hh)
+            if kernels is not None:  # the same arithmetic in one compiled call
+                kernels.gru_forward_step(batch, hidden, acts[t].data_ptr(), hp.data_ptr(), hns[t].data_ptr(),
+                                         h.data_ptr(), hs[t + 1].data_ptr(), _row(bytes_mask, t))
+                continue
             z, n = _gru_gates(acts[t], hp, hidden)
             hns[t].copy_(hp[:, 2 * hidden :])
             h_new = torch.lerp(n, h, z, out=hs[t + 1])  # (1 - z) n + z h
@@ -417,7 +421,7 @@ class _GRULayer(torch.autograd.Function):
                 torch.where(mask[t], h_new, h, out=h_new)
         out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hns, hs, w_hh, mask)
-        ctx.has_b_hh, ctx.x_shape, ctx.products = b_hh is not None, x.shape, products
+        ctx.has_b_hh, ctx.x_shape, ctx.products, ctx.kernels = b_hh is not None, x.shape, products, kernels
         return out, hs[-1].clone()
 
     @staticmethod
@@ -427,39 +431,68 @@ class _GRULayer(torch.autograd.Function):
         steps, batch, gates = acts.shape
         hidden = gates // 3
         w_t = _step_weight(w_hh.t(), batch, ctx.products)
-        one = torch.ones_like(d_hn_final[:1])
         d_hp = torch.empty_like(acts)  # gradient w.r.t. W_hh h + b_hh
-        d_rz_act = d_hn_final.new_empty((batch, 2 * hidden))
-        d_r, d_z = d_rz_act.chunk(2, 1)
-        dh = d_hn_final
-        for t in range(steps - 1, -1, -1):
-            h, hn = hs[t], hns[t]
-            a = acts[t]
-            rz, n = a[:, : 2 * hidden], a[:, 2 * hidden :]
-            r, z = rz.chunk(2, 1)
-            d_new = dh + d_out[t]
-            if mask is not None:
-                d_new.mul_(mask[t])
-            d_n_pre = torch.addcmul(one, n, n, value=-1).mul_(d_new)
-            d_n_pre.addcmul_(d_n_pre, z, value=-1)  # times (1 - z)
-            torch.sub(h, n, out=d_z).mul_(d_new)
-            torch.mul(d_n_pre, hn, out=d_r)
-            through = d_new * z
-            torch.mul(d_n_pre, r, out=d_hp[t, :, 2 * hidden :])
-            # In place over the activations: they become the input-side pre-activation grads.
-            rz.sub_(rz * rz).mul_(d_rz_act)
-            n.copy_(d_n_pre)
-            d_hp[t, :, : 2 * hidden] = rz
-            dh_prev = _step(d_hp[t], w_t, ctx.products).add_(through)
-            if mask is not None:
-                dh_prev.addcmul_(dh, ~mask[t])
-            dh = dh_prev
+        if ctx.kernels is not None:
+            dh = _gru_backward_loop(ctx.kernels, acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
+        else:
+            dh = _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
         d_x, d_w_ih, d_b_ih, _ = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih)
         flat_d_hp = d_hp.view(steps * batch, -1)
         d_w_hh = (_weight_grad(_lowered(flat_d_hp, ctx.products), hs[:-1].flatten(0, 1), ctx.products)
                   if ctx.needs_input_grad[4] else None)
         d_b_hh = flat_d_hp.sum(0) if ctx.has_b_hh and ctx.needs_input_grad[5] else None
-        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None
+        return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh, None, None, None
+
+
+def _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, products):
+    """The GRU's backward loop in torch operations: ``acts`` becomes the input-side pre-activations'
+    gradient and ``d_hp`` the recurrent product's; returns the gradient reaching ``h0``."""
+    steps, batch, gates = acts.shape
+    hidden = gates // 3
+    one = torch.ones_like(d_hn_final[:1])
+    d_rz_act = d_hn_final.new_empty((batch, 2 * hidden))
+    d_r, d_z = d_rz_act.chunk(2, 1)
+    dh = d_hn_final
+    for t in range(steps - 1, -1, -1):
+        h, hn = hs[t], hns[t]
+        a = acts[t]
+        rz, n = a[:, : 2 * hidden], a[:, 2 * hidden :]
+        r, z = rz.chunk(2, 1)
+        d_new = dh + d_out[t]
+        if mask is not None:
+            d_new.mul_(mask[t])
+        d_n_pre = torch.addcmul(one, n, n, value=-1).mul_(d_new)
+        d_n_pre.addcmul_(d_n_pre, z, value=-1)  # times (1 - z)
+        torch.sub(h, n, out=d_z).mul_(d_new)
+        torch.mul(d_n_pre, hn, out=d_r)
+        through = d_new * z
+        torch.mul(d_n_pre, r, out=d_hp[t, :, 2 * hidden :])
+        # In place over the activations: they become the input-side pre-activation grads.
+        rz.sub_(rz * rz).mul_(d_rz_act)
+        n.copy_(d_n_pre)
+        d_hp[t, :, : 2 * hidden] = rz
+        dh_prev = _step(d_hp[t], w_t, products).add_(through)
+        if mask is not None:
+            dh_prev.addcmul_(dh, ~mask[t])
+        dh = dh_prev
+    return dh
+
+
+def _gru_backward_loop(kernels, acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, products):
+    """:func:`_gru_backward_torch` with each step's gate arithmetic in one compiled call."""
+    steps, batch, gates = acts.shape
+    d_out = d_out.contiguous()
+    dh = d_hn_final.contiguous()
+    carry = torch.zeros_like(dh)  # what reaches h_{t-1} besides the recurrent product
+    bytes_mask = _byte_mask(mask)
+    for t in range(steps - 1, -1, -1):
+        kernels.gru_backward_step(batch, gates // 3, acts[t].data_ptr(), hns[t].data_ptr(), hs[t].data_ptr(),
+                                  dh.data_ptr(), carry.data_ptr(), d_out[t].data_ptr(), d_hp[t].data_ptr(),
+                                  _row(bytes_mask, t))
+        dh = _step(d_hp[t], w_t, products)
+    return dh.add_(carry)
+
+
 
 
 _AUTO = object()
@@ -478,7 +511,9 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
               kernels=_AUTO) -> tuple[Tensor, Tensor]:
     """One direction of one RNN layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``;
     ``products``: the precision of the matrix products in training (module docstring); ``kernels``:
-    as for :func:`gru_layer`. Returns ``(outputs (T, B, H), h_n (B, H))``."""
+    as for :func:`lstm_layer` (inference only: the RNN's training step is one activation, and already
+    faster than native's).
+    Returns ``(outputs (T, B, H), h_n (B, H))``."""
     if not _wants_grad(x, w_ih, bias, h0, w_hh):
         if kernels is _AUTO:
             kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
@@ -511,15 +546,16 @@ def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
               mask: Tensor | None, products: torch.dtype | None = None, kernels=_AUTO) -> tuple[Tensor, Tensor]:
     """One direction of one GRU layer over ``x`` ``(T, B, I)``. ``b_hh`` stays separate because
     ``b_hn`` sits inside the reset gate's product; ``products``: the precision of the matrix products
-    in training (module docstring); ``kernels``: as for :func:`lstm_layer` (inference only: the GRU's
-    training loop already outpaces native's). Returns ``(outputs, h_n)``."""
+    in training (module docstring); ``kernels``: as for :func:`lstm_layer`. Returns ``(outputs, h_n)``."""
     if not _wants_grad(x, w_ih, b_ih, h0, w_hh, b_hh):
         if kernels is _AUTO:
             kernels = _compiled_steps(x, w_ih, b_ih, h0, w_hh, b_hh)
         if kernels is not None:
             return _inference_compiled(kernels.gru_infer_step, x, w_ih, b_ih, h0, w_hh, b_hh, mask)
         return _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
-    return _GRULayer.apply(x, w_ih, b_ih, h0, w_hh, b_hh, mask, products)
+    if kernels is _AUTO:
+        kernels = _compiled_steps(x, w_ih, b_ih, h0, w_hh, b_hh)
+    return _GRULayer.apply(x, w_ih, b_ih, h0, w_hh, b_hh, mask, products, kernels)
 
 
 # -- whole sequences without a backward pass ---------------------------------------------------

@@ -224,3 +224,70 @@ void rnn_infer_step(int64_t B, int64_t H, int64_t relu, const float *proj, const
         }
     }
 }
+
+/* GRU training forward step. gates: (B, 3H) the input projection x W_ih^T + b_ih in torch.nn's
+   order r, z, n, overwritten by the activated r, z, n (kept for the backward pass); rec: (B, 3H) the
+   recurrent product h W_hh^T + b_hh, whose n part is copied to rec_n (kept too). h_prev -> h_next. */
+static inline __attribute__((always_inline)) void gru_forward_row(
+        int64_t H, float *restrict a, const float *restrict r_, const float *restrict hp,
+        float *restrict hn, float *restrict rn) {
+    for (int64_t j = 0; j < H; j++) {
+        float r = sigmoid_f32(a[j] + r_[j]);
+        float z = sigmoid_f32(a[H + j] + r_[H + j]);
+        float n = tanh_f32(a[2 * H + j] + r * r_[2 * H + j]);
+        hn[j] = n + z * (hp[j] - n);
+        rn[j] = r_[2 * H + j];
+        a[j] = r; a[H + j] = z; a[2 * H + j] = n;
+    }
+}
+
+void gru_forward_step(int64_t B, int64_t H, float *gates, const float *rec, float *rec_n,
+                      const float *h_prev, float *h_next, const uint8_t *mask) {
+    #pragma omp parallel for if (B * H >= 8192)
+    for (int64_t b = 0; b < B; b++) {
+        float *restrict a = gates + b * 3 * H, *restrict rn = rec_n + b * H;
+        const float *restrict hp = h_prev + b * H;
+        float *restrict hn = h_next + b * H;
+        if (mask && !mask[b]) {
+            for (int64_t j = 0; j < H; j++) { hn[j] = hp[j]; rn[j] = 0.0f; }
+            for (int64_t j = 0; j < 3 * H; j++) a[j] = 0.0f;
+            continue;
+        }
+        gru_forward_row(H, a, rec + b * 3 * H, hp, hn, rn);
+    }
+}
+
+/* GRU backward step. gates: the activated r, z, n of this step, overwritten with the gradient of
+   their input-side pre-activations; d_rec: (B, 3H) receives the gradient of the recurrent product
+   h W_hh^T + b_hh. The gradient reaching h_t is dh_rec + carry + d_out; carry then holds what
+   reaches h_{t-1} other than through the recurrent product (z times it, or all of it at a masked
+   step), to be added after the next product. */
+static inline __attribute__((always_inline)) void gru_backward_row(
+        int64_t H, float *restrict a, const float *restrict rn, const float *restrict hp,
+        const float *restrict dr, float *restrict cr, const float *restrict dout, float *restrict drec) {
+    for (int64_t j = 0; j < H; j++) {
+        float d = dr[j] + cr[j] + dout[j];
+        float r = a[j], z = a[H + j], n = a[2 * H + j];
+        float d_n = d * (1.0f - z) * (1.0f - n * n);
+        float d_z = d * (hp[j] - n) * z * (1.0f - z);
+        float d_r = d_n * rn[j] * r * (1.0f - r);
+        a[j] = d_r; a[H + j] = d_z; a[2 * H + j] = d_n;
+        drec[j] = d_r; drec[H + j] = d_z; drec[2 * H + j] = d_n * r;
+        cr[j] = d * z;
+    }
+}
+
+void gru_backward_step(int64_t B, int64_t H, float *gates, const float *rec_n, const float *h_prev,
+                       const float *dh_rec, float *carry, const float *d_out, float *d_rec, const uint8_t *mask) {
+    #pragma omp parallel for if (B * H >= 8192)
+    for (int64_t b = 0; b < B; b++) {
+        float *restrict a = gates + b * 3 * H, *restrict drec = d_rec + b * 3 * H, *restrict cr = carry + b * H;
+        const float *restrict dr = dh_rec + b * H;
+        if (mask && !mask[b]) {
+            for (int64_t j = 0; j < H; j++) cr[j] += dr[j];
+            for (int64_t j = 0; j < 3 * H; j++) { a[j] = 0.0f; drec[j] = 0.0f; }
+            continue;
+        }
+        gru_backward_row(H, a, rec_n + b * H, h_prev + b * H, dr, cr, d_out + b * H, drec);
+    }
+}
