@@ -270,7 +270,7 @@ class _LSTMLayer(torch.autograd.Function):
     def backward(ctx, d_out, d_hn, d_cn):
         _once(ctx)
         x2d, w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows = ctx.saved_tensors
-        steps, batch, gates = acts.shape
+        steps, batch, _ = acts.shape
         w_t = _step_weight(w_hh.t(), batch, ctx.products)
         if ctx.kernels is not None:
             dh, dc = _lstm_backward_loop(ctx.kernels, acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, ctx.products)
@@ -428,8 +428,7 @@ class _GRULayer(torch.autograd.Function):
     def backward(ctx, d_out, d_hn_final):
         _once(ctx)
         x2d, w_ih, acts, hns, hs, w_hh, mask = ctx.saved_tensors
-        steps, batch, gates = acts.shape
-        hidden = gates // 3
+        steps, batch, _ = acts.shape
         w_t = _step_weight(w_hh.t(), batch, ctx.products)
         d_hp = torch.empty_like(acts)  # gradient w.r.t. W_hh h + b_hh
         if ctx.kernels is not None:

@@ -56,7 +56,7 @@ def test_compiled_step_matches_the_torch_form(steps, batch, inputs, hidden, ragg
     forward_c, grads_c, infer_c = _run(params, mask, compiled)
     for name, a, b in [("forward", forward_t, forward_c), ("grads", grads_t, grads_c), ("inference", infer_t, infer_c)]:
         for i, (x, y) in enumerate(zip(a, b)):
-            torch.testing.assert_close(y, x, rtol=2e-5, atol=2e-5, msg=lambda m: f"{name}[{i}]: {m}")
+            torch.testing.assert_close(y, x, rtol=2e-5, atol=2e-5, msg=lambda m, name=name, i=i: f"{name}[{i}]: {m}")
     if ragged:  # an empty row keeps its initial state and outputs zeros
         assert torch.equal(forward_c[1][0], params[3][0]) and torch.equal(forward_c[2][0], params[4][0])
         assert not forward_c[0][:, 0].any() and not infer_c[0][:, 0].any()
@@ -105,8 +105,9 @@ def _gru_run(x, w_ih, bias, h0, w_hh, mask, lib, products=None):
 @needs_compiled
 def test_compiled_step_with_bf16_products_matches_the_torch_form():
     params, mask = _layer_inputs(20, 6, 5, 24, seed=3, ragged=True)
-    for a, b in zip(sum(_run(params, mask, None, torch.bfloat16)[:2], []),
-                    sum(_run(params, mask, compiled, torch.bfloat16)[:2], [])):
+    (forward_t, grads_t, _), (forward_c, grads_c, _) = (_run(params, mask, lib, torch.bfloat16)
+                                                        for lib in (None, compiled))
+    for a, b in zip(forward_t + grads_t, forward_c + grads_c):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     x, w_ih, bias, h0, _, w_hh = params
     for a, b in zip(_gru_run(x, w_ih, bias, h0, w_hh, mask, None, torch.bfloat16),

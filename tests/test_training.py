@@ -24,7 +24,6 @@ from .conftest import CONFIGS, REPO
 from .helpers import QUIET, task_args
 
 
-
 def val_losses(run) -> list[tuple[int, float]]:
     """Every ``val/loss`` written to the run's event files, in the order written. Read file by file:
     EventAccumulator's heuristics (purging "orphaned" steps, following only newer files) once dropped
