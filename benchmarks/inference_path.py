@@ -40,7 +40,7 @@ def layer_calls(cell: str, steps: int, batch: int, inputs: int, hidden: int):
     if cell == "GRU":
         return (lambda: cells._GRULayer.apply(x, w_ih, b, h0, w_hh, b, None, None, cells._compiled_steps(x)),
                 lambda: cells.gru_layer(x, w_ih, b, h0, w_hh, b, None))
-    return (lambda: cells._RNNLayer.apply(x, w_ih, b, h0, w_hh, None, False, None),
+    return (lambda: cells._RNNLayer.apply(x, w_ih, b, h0, w_hh, None, False, None, cells._compiled_steps(x)),
             lambda: cells.rnn_layer(x, w_ih, b, h0, w_hh, None, "tanh"))
 
 

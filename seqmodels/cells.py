@@ -12,8 +12,8 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   activations are overwritten by their gradients in place (no second sequence-sized buffer);
 * without autograd (evaluation, predict) nothing is kept for a backward pass: the projection is
   made 64 steps at a time and the outputs are the only sequence-sized buffer;
-* a step's gate arithmetic (the LSTM's nine torch calls forward and sixteen backward; the GRU's;
-  the RNN's in inference) is one call into a small C loop (``kernels.c``, compiled on first use by
+* a step's gate arithmetic (the LSTM's nine torch calls forward and sixteen backward, the GRU's,
+  the RNN's) is one call into a small C loop (``kernels.c``, compiled on first use by
   :mod:`seqmodels.kernels`) for float32 on the CPU where a C compiler is at hand; the torch form
   below stays the reference and the fallback, and the two agree to float32 rounding;
 * in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
@@ -195,14 +195,20 @@ def _gru_gates(a: Tensor, hp: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
 
 class _RNNLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, bias, h0, w_hh, mask, relu: bool, products):
+    def forward(ctx, x, w_ih, bias, h0, w_hh, mask, relu: bool, products, kernels):
         steps, batch, _ = x.shape
         x2d = x.reshape(steps * batch, -1)
         acts = _project(x2d, w_ih, bias, products).view(steps, batch, -1)  # pre-activations, then h'
         hs = x.new_empty((steps + 1, *h0.shape))
         hs[0] = h0
         w = _step_weight(w_hh, batch, products)
+        bytes_mask = _byte_mask(mask) if kernels is not None else None
         for t in range(steps):
+            if kernels is not None:  # the same arithmetic in one compiled call
+                rec = _step(hs[t], w, products)  # held: the call gets its address only
+                kernels.rnn_forward_step(batch, h0.shape[-1], int(relu), acts[t].data_ptr(), rec.data_ptr(),
+                                         hs[t].data_ptr(), hs[t + 1].data_ptr(), _row(bytes_mask, t))
+                continue
             h = acts[t].add_(_step(hs[t], w, products))
             h.relu_() if relu else h.tanh_()
             if mask is None:
@@ -211,7 +217,7 @@ class _RNNLayer(torch.autograd.Function):
                 torch.where(mask[t], h, hs[t], out=hs[t + 1])
         out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hs, w_hh, mask)
-        ctx.relu, ctx.x_shape, ctx.products = relu, x.shape, products
+        ctx.relu, ctx.x_shape, ctx.products, ctx.kernels = relu, x.shape, products, kernels
         return out, hs[-1].clone()
 
     @staticmethod
@@ -220,24 +226,49 @@ class _RNNLayer(torch.autograd.Function):
         x2d, w_ih, acts, hs, w_hh, mask = ctx.saved_tensors
         steps, batch, _ = acts.shape
         w_t = _step_weight(w_hh.t(), batch, ctx.products)
-        one = torch.ones_like(d_hn[:1])
-        dh = d_hn
-        for t in range(steps - 1, -1, -1):
-            h = acts[t]  # becomes the gradient of the pre-activation, in place
-            if ctx.relu:
-                h.gt_(0)
-            else:
-                torch.addcmul(one, h, h, value=-1, out=h)
-            d_pre = h.mul_(dh + d_out[t])
-            if mask is None:
-                dh = _step(d_pre, w_t, ctx.products)
-            else:
-                d_pre.mul_(mask[t])
-                dh = _step(d_pre, w_t, ctx.products).addcmul_(dh, ~mask[t])  # a carried state passes its gradient on
+        if ctx.kernels is not None:
+            dh = _rnn_backward_loop(ctx.kernels, acts, w_t, d_out, d_hn, mask, ctx.relu, ctx.products)
+        else:
+            dh = _rnn_backward_torch(acts, w_t, d_out, d_hn, mask, ctx.relu, ctx.products)
         d_pre = acts.view(steps * batch, -1)
         d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_pre, x2d, w_ih)
         d_w_hh = _weight_grad(low, hs[:-1].flatten(0, 1), ctx.products) if ctx.needs_input_grad[4] else None
-        return d_x, d_w_ih, d_b, dh, d_w_hh, None, None, None
+        return d_x, d_w_ih, d_b, dh, d_w_hh, None, None, None, None
+
+
+def _rnn_backward_torch(acts, w_t, d_out, d_hn, mask, relu, products):
+    """The RNN's backward loop in torch operations: ``acts`` becomes the pre-activations' gradient;
+    returns the gradient reaching ``h0``."""
+    steps = acts.shape[0]
+    one = torch.ones_like(d_hn[:1])
+    dh = d_hn
+    for t in range(steps - 1, -1, -1):
+        h = acts[t]  # becomes the gradient of the pre-activation, in place
+        if relu:
+            h.gt_(0)
+        else:
+            torch.addcmul(one, h, h, value=-1, out=h)
+        d_pre = h.mul_(dh + d_out[t])
+        if mask is None:
+            dh = _step(d_pre, w_t, products)
+        else:
+            d_pre.mul_(mask[t])
+            dh = _step(d_pre, w_t, products).addcmul_(dh, ~mask[t])  # a carried state passes its gradient on
+    return dh
+
+
+def _rnn_backward_loop(kernels, acts, w_t, d_out, d_hn, mask, relu, products):
+    """:func:`_rnn_backward_torch` with each step's arithmetic in one compiled call."""
+    steps, batch, hidden = acts.shape
+    d_out = d_out.contiguous()
+    dh = d_hn.contiguous()
+    carry = torch.zeros_like(dh)  # the gradient a masked step passes on
+    bytes_mask = _byte_mask(mask)
+    for t in range(steps - 1, -1, -1):
+        kernels.rnn_backward_step(batch, hidden, int(relu), acts[t].data_ptr(), dh.data_ptr(), carry.data_ptr(),
+                                  d_out[t].data_ptr(), _row(bytes_mask, t))
+        dh = _step(acts[t], w_t, products)
+    return dh.add_(carry)
 
 
 class _LSTMLayer(torch.autograd.Function):
@@ -510,9 +541,7 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
               kernels=_AUTO) -> tuple[Tensor, Tensor]:
     """One direction of one RNN layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``;
     ``products``: the precision of the matrix products in training (module docstring); ``kernels``:
-    as for :func:`lstm_layer` (inference only: the RNN's training step is one activation, and already
-    faster than native's).
-    Returns ``(outputs (T, B, H), h_n (B, H))``."""
+    as for :func:`lstm_layer`. Returns ``(outputs (T, B, H), h_n (B, H))``."""
     if not _wants_grad(x, w_ih, bias, h0, w_hh):
         if kernels is _AUTO:
             kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
@@ -523,7 +552,9 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
                 kernels.rnn_infer_step(batch, hidden, relu, *addresses)
             return _inference_compiled(step, x, w_ih, bias, h0, w_hh, None, mask)
         return _rnn_inference(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
-    return _RNNLayer.apply(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu", products)
+    if kernels is _AUTO:
+        kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
+    return _RNNLayer.apply(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu", products, kernels)
 
 
 def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor,

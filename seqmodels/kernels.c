@@ -291,3 +291,39 @@ void gru_backward_step(int64_t B, int64_t H, float *gates, const float *rec_n, c
         gru_backward_row(H, a, rec_n + b * H, h_prev + b * H, dr, cr, d_out + b * H, drec);
     }
 }
+
+/* RNN training forward step: gates (B, H), the input projection, overwritten by h_next = act(gates +
+   rec) (kept for the backward pass); the state h_prev -> h_next. `relu` as in rnn_infer_step. */
+void rnn_forward_step(int64_t B, int64_t H, int64_t relu, float *gates, const float *rec,
+                      const float *h_prev, float *h_next, const uint8_t *mask) {
+    #pragma omp parallel for if (B * H >= 8192)
+    for (int64_t b = 0; b < B; b++) {
+        float *restrict a = gates + b * H, *restrict hn = h_next + b * H;
+        const float *restrict r = rec + b * H, *restrict hp = h_prev + b * H;
+        if (mask && !mask[b]) {
+            for (int64_t j = 0; j < H; j++) { hn[j] = hp[j]; a[j] = 0.0f; }
+        } else if (relu) {
+            for (int64_t j = 0; j < H; j++) { float y = a[j] + r[j]; y = y > 0.0f ? y : (y == y ? 0.0f : y); a[j] = y; hn[j] = y; }
+        } else {
+            for (int64_t j = 0; j < H; j++) { float y = tanh_f32(a[j] + r[j]); a[j] = y; hn[j] = y; }
+        }
+    }
+}
+
+/* RNN backward step: gates, this step's outputs, overwritten with the gradient of the pre-activation;
+   dh_rec, carry and d_out as in lstm_backward_step. */
+void rnn_backward_step(int64_t B, int64_t H, int64_t relu, float *gates, const float *dh_rec, float *carry,
+                       const float *d_out, const uint8_t *mask) {
+    #pragma omp parallel for if (B * H >= 8192)
+    for (int64_t b = 0; b < B; b++) {
+        float *restrict a = gates + b * H, *restrict cr = carry + b * H;
+        const float *restrict dr = dh_rec + b * H, *restrict dout = d_out + b * H;
+        if (mask && !mask[b]) {
+            for (int64_t j = 0; j < H; j++) { cr[j] += dr[j]; a[j] = 0.0f; }
+        } else if (relu) {
+            for (int64_t j = 0; j < H; j++) { float d = dr[j] + cr[j] + dout[j]; a[j] = a[j] > 0.0f ? d : 0.0f; cr[j] = 0.0f; }
+        } else {
+            for (int64_t j = 0; j < H; j++) { float d = dr[j] + cr[j] + dout[j]; a[j] = d * (1.0f - a[j] * a[j]); cr[j] = 0.0f; }
+        }
+    }
+}

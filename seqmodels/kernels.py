@@ -1,5 +1,5 @@
 """The scratch cells' gate arithmetic as one compiled loop per time step (``kernels.c``): the
-LSTM's and the GRU's in training and inference, the RNN's in inference.
+LSTM's, the GRU's and the RNN's, in training and inference.
 
 Built on first use with the machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
 for the CPU it runs on, cached under ``$SEQMODELS_CACHE_DIR`` (``~/.cache/seqmodels``), and
@@ -45,6 +45,8 @@ _SIGNATURES = {
     "rnn_infer_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gru_forward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gru_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "rnn_forward_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "rnn_backward_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
 }
 
 
@@ -142,8 +144,8 @@ def _load(library: Path) -> ctypes.CDLL | None:
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
-    """A few masked steps through ``lib`` against the torch form of the equations: the LSTM's and the
-    GRU's forward, backward and inference, the RNN's (tanh and relu) inference."""
+    """A few masked steps through ``lib`` against the torch form of the equations: every cell's forward,
+    backward and inference (the RNN's with tanh and with relu)."""
     from seqmodels import cells  # cells imports this module lazily, so no cycle at import time
 
     gen = torch.Generator().manual_seed(0)
@@ -163,6 +165,10 @@ def _agrees(lib: ctypes.CDLL) -> bool:
                 gru_params = [x, w_ih[: 3 * hidden], bias[: 3 * hidden], h0, w_hh[: 3 * hidden], bias[hidden:]]
                 gru_out, gru_hn = cells.gru_layer(*gru_params, mask, kernels=kernels)
                 grads += torch.autograd.grad(gru_out.sin().sum() + gru_hn.cos().sum(), params[:4] + [w_hh, bias])
+                for relu in ("tanh", "relu"):
+                    rnn_out, rnn_hn = cells.rnn_layer(x, w_ih[:hidden], bias[:hidden], h0, w_hh[:hidden], mask, relu,
+                                                      kernels=kernels)
+                    grads += torch.autograd.grad(rnn_out.sin().sum() + rnn_hn.cos().sum(), params[:4] + [w_hh])
             with torch.no_grad():
                 infer = cells.lstm_layer(*params[:5], params[5], mask, kernels=kernels)
                 gru = cells.gru_layer(x, w_ih[: 3 * hidden], bias[: 3 * hidden], h0, w_hh[: 3 * hidden],
