@@ -206,8 +206,8 @@ class _RNNLayer(torch.autograd.Function):
         for t in range(steps):
             if kernels is not None:  # the same arithmetic in one compiled call
                 rec = _step(hs[t], w, products)  # held: the call gets its address only
-                kernels.rnn_forward_step(batch, h0.shape[-1], int(relu), acts[t].data_ptr(), rec.data_ptr(),
-                                         hs[t].data_ptr(), hs[t + 1].data_ptr(), _row(bytes_mask, t))
+                kernels.rnn_step(batch, h0.shape[-1], int(relu), acts[t].data_ptr(), rec.data_ptr(), hs[t].data_ptr(),
+                                 hs[t + 1].data_ptr(), acts[t].data_ptr(), _row(bytes_mask, t))
                 continue
             h = acts[t].add_(_step(hs[t], w, products))
             h.relu_() if relu else h.tanh_()
@@ -549,7 +549,7 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
             relu = int(nonlinearity == "relu")
 
             def step(batch, hidden, *addresses):
-                kernels.rnn_infer_step(batch, hidden, relu, *addresses)
+                kernels.rnn_step(batch, hidden, relu, *addresses)
             return _inference_compiled(step, x, w_ih, bias, h0, w_hh, None, mask)
         return _rnn_inference(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
     if kernels is _AUTO:

@@ -208,13 +208,15 @@ void gru_infer_step(int64_t B, int64_t H, const float *proj, const float *rec, c
     }
 }
 
-/* RNN inference step: h_next = act(proj + rec) with act tanh or, `relu` = 1, max(0, .); out as above. */
-void rnn_infer_step(int64_t B, int64_t H, int64_t relu, const float *proj, const float *rec,
-                    const float *h_prev, float *h_next, float *out, const uint8_t *mask) {
+/* RNN step, training and inference: h_next = act(proj + rec), act tanh or (`relu` = 1) max(0, .),
+   into the state h_next and into `out` (zero at masked steps), which may be `proj` itself (training
+   keeps the outputs there for the backward pass). */
+void rnn_step(int64_t B, int64_t H, int64_t relu, const float *proj, const float *rec,
+              const float *h_prev, float *h_next, float *out, const uint8_t *mask) {
     #pragma omp parallel for if (B * H >= 8192)
     for (int64_t b = 0; b < B; b++) {
-        const float *restrict p = proj + b * H, *restrict r = rec + b * H, *restrict hp = h_prev + b * H;
-        float *restrict hn = h_next + b * H, *restrict o_ = out + b * H;
+        const float *p = proj + b * H, *restrict r = rec + b * H, *restrict hp = h_prev + b * H;
+        float *restrict hn = h_next + b * H, *o_ = out + b * H;
         if (mask && !mask[b]) {
             for (int64_t j = 0; j < H; j++) { hn[j] = hp[j]; o_[j] = 0.0f; }
         } else if (relu) {
@@ -289,24 +291,6 @@ void gru_backward_step(int64_t B, int64_t H, float *gates, const float *rec_n, c
             continue;
         }
         gru_backward_row(H, a, rec_n + b * H, h_prev + b * H, dr, cr, d_out + b * H, drec);
-    }
-}
-
-/* RNN training forward step: gates (B, H), the input projection, overwritten by h_next = act(gates +
-   rec) (kept for the backward pass); the state h_prev -> h_next. `relu` as in rnn_infer_step. */
-void rnn_forward_step(int64_t B, int64_t H, int64_t relu, float *gates, const float *rec,
-                      const float *h_prev, float *h_next, const uint8_t *mask) {
-    #pragma omp parallel for if (B * H >= 8192)
-    for (int64_t b = 0; b < B; b++) {
-        float *restrict a = gates + b * H, *restrict hn = h_next + b * H;
-        const float *restrict r = rec + b * H, *restrict hp = h_prev + b * H;
-        if (mask && !mask[b]) {
-            for (int64_t j = 0; j < H; j++) { hn[j] = hp[j]; a[j] = 0.0f; }
-        } else if (relu) {
-            for (int64_t j = 0; j < H; j++) { float y = a[j] + r[j]; y = y > 0.0f ? y : (y == y ? 0.0f : y); a[j] = y; hn[j] = y; }
-        } else {
-            for (int64_t j = 0; j < H; j++) { float y = tanh_f32(a[j] + r[j]); a[j] = y; hn[j] = y; }
-        }
     }
 }
 

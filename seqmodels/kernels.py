@@ -42,10 +42,9 @@ _SIGNATURES = {
     "lstm_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr],
     "lstm_infer_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr],
     "gru_infer_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
-    "rnn_infer_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "rnn_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gru_forward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gru_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
-    "rnn_forward_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
     "rnn_backward_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
 }
 
