@@ -202,12 +202,12 @@ class _RNNLayer(torch.autograd.Function):
         hs = x.new_empty((steps + 1, *h0.shape))
         hs[0] = h0
         w = _step_weight(w_hh, batch, products)
-        bytes_mask = _byte_mask(mask) if kernels is not None else None
+        mask_at = _mask_addresses(mask)
         for t in range(steps):
             if kernels is not None:  # the same arithmetic in one compiled call
                 rec = _step(hs[t], w, products)  # held: the call gets its address only
                 kernels.rnn_step(batch, h0.shape[-1], int(relu), acts[t].data_ptr(), rec.data_ptr(), hs[t].data_ptr(),
-                                 hs[t + 1].data_ptr(), acts[t].data_ptr(), _row(bytes_mask, t))
+                                 hs[t + 1].data_ptr(), acts[t].data_ptr(), mask_at(t))
                 continue
             h = acts[t].add_(_step(hs[t], w, products))
             h.relu_() if relu else h.tanh_()
@@ -227,7 +227,9 @@ class _RNNLayer(torch.autograd.Function):
         steps, batch, _ = acts.shape
         w_t = _step_weight(w_hh.t(), batch, ctx.products)
         if ctx.kernels is not None:
-            dh = _rnn_backward_loop(ctx.kernels, acts, w_t, d_out, d_hn, mask, ctx.relu, ctx.products)
+            hidden, relu = acts.shape[2], int(ctx.relu)
+            dh = _backward_compiled(lambda t, *a: ctx.kernels.rnn_backward_step(
+                batch, hidden, relu, acts[t].data_ptr(), *a), acts, w_t, d_out, d_hn, mask, ctx.products)
         else:
             dh = _rnn_backward_torch(acts, w_t, d_out, d_hn, mask, ctx.relu, ctx.products)
         d_pre = acts.view(steps * batch, -1)
@@ -255,20 +257,6 @@ def _rnn_backward_torch(acts, w_t, d_out, d_hn, mask, relu, products):
             d_pre.mul_(mask[t])
             dh = _step(d_pre, w_t, products).addcmul_(dh, ~mask[t])  # a carried state passes its gradient on
     return dh
-
-
-def _rnn_backward_loop(kernels, acts, w_t, d_out, d_hn, mask, relu, products):
-    """:func:`_rnn_backward_torch` with each step's arithmetic in one compiled call."""
-    steps, batch, hidden = acts.shape
-    d_out = d_out.contiguous()
-    dh = d_hn.contiguous()
-    carry = torch.zeros_like(dh)  # the gradient a masked step passes on
-    bytes_mask = _byte_mask(mask)
-    for t in range(steps - 1, -1, -1):
-        kernels.rnn_backward_step(batch, hidden, int(relu), acts[t].data_ptr(), dh.data_ptr(), carry.data_ptr(),
-                                  d_out[t].data_ptr(), _row(bytes_mask, t))
-        dh = _step(acts[t], w_t, products)
-    return dh.add_(carry)
 
 
 class _LSTMLayer(torch.autograd.Function):
@@ -304,7 +292,11 @@ class _LSTMLayer(torch.autograd.Function):
         steps, batch, _ = acts.shape
         w_t = _step_weight(w_hh.t(), batch, ctx.products)
         if ctx.kernels is not None:
-            dh, dc = _lstm_backward_loop(ctx.kernels, acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, ctx.products)
+            hidden = acts.shape[2] // 4
+            dc = d_cn.clone(memory_format=torch.contiguous_format)  # then the gradient reaching c_{t-1}, in place
+            dh = _backward_compiled(lambda t, *a: ctx.kernels.lstm_backward_step(
+                batch, hidden, acts[t].data_ptr(), cs[t].data_ptr(), tanh_cs[t].data_ptr(), dc.data_ptr(), *a),
+                acts, w_t, d_out, d_hn, mask, ctx.products)
         else:
             dh, dc = _lstm_backward_torch(acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, ctx.products)
         d_gates = acts.view(steps * batch, -1)
@@ -334,7 +326,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
     cs = x.new_empty((steps + 1, *h0.shape))
     tanh_cs = x.new_empty((steps, *h0.shape))
     cs[0] = c0
-    bytes_mask = _byte_mask(mask)
+    mask_at = _mask_addresses(mask)
     doubled_bias = _doubled_cell_input(bias, hidden)
     if products is None and _uses_onednn(x):
         rows = x.new_empty((steps + 1, batch, inputs + hidden))  # [x_t, h_t]
@@ -347,7 +339,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
             s = torch.ops.mkldnn._linear_pointwise(rows[t], w, doubled_bias, "sigmoid", [], "")
             kernels.lstm_forward_step(batch, hidden, s.data_ptr(), s.stride(0), acts[t].data_ptr(), cs[t].data_ptr(),
                                       cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
-                                      hs[t + 1].data_ptr(), inputs + hidden, _row(bytes_mask, t))
+                                      hs[t + 1].data_ptr(), inputs + hidden, mask_at(t))
     else:
         rows = None
         hs = x.new_empty((steps + 1, *h0.shape))
@@ -359,7 +351,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
             s = acts[t].add_(_step(hs[t], w, products)).sigmoid_()
             kernels.lstm_forward_step(batch, hidden, s.data_ptr(), s.stride(0), acts[t].data_ptr(), cs[t].data_ptr(),
                                       cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
-                                      hs[t + 1].data_ptr(), hidden, _row(bytes_mask, t))
+                                      hs[t + 1].data_ptr(), hidden, mask_at(t))
     out = hs[1:].clone() if mask is None else hs[1:] * mask
     ctx.save_for_backward(x.reshape(steps * batch, -1), w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows)
     ctx.x_shape, ctx.products, ctx.kernels = x.shape, products, kernels
@@ -401,29 +393,29 @@ def _lstm_backward_torch(acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, produc
     return dh, dc
 
 
-def _byte_mask(mask: Tensor | None) -> Tensor | None:
-    """``mask`` ``(T, B, 1)`` as the compiled steps read it: one byte per row, contiguous."""
-    return None if mask is None else mask.reshape(mask.shape[0], -1).to(torch.uint8).contiguous()
+def _mask_addresses(mask: Tensor | None):
+    """``t -> `` the address of step t's row of ``mask`` ``(T, B, 1)`` as the compiled steps read it, one
+    byte per sequence (None without a mask)."""
+    if mask is None:
+        return lambda t: None
+    rows = mask.reshape(mask.shape[0], -1).to(torch.uint8).contiguous()
+    return lambda t: rows.data_ptr() + t * rows.stride(0)  # holds ``rows``: the calls get addresses only
 
 
-def _row(bytes_mask: Tensor | None, t: int) -> int | None:
-    return None if bytes_mask is None else bytes_mask[t].data_ptr()
-
-
-def _lstm_backward_loop(kernels, acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, products):
-    """:func:`_lstm_backward_torch` with each step's gate arithmetic in one compiled call."""
-    steps, batch, gates = acts.shape
-    hidden = gates // 4
+def _backward_compiled(step, product_grads, w_t, d_out, d_hn, mask, products):
+    """The backward loop around a compiled step, from the last step to the first:
+    ``step(t, dh, carry, d_out[t], mask[t])`` (addresses) turns step t's saved values into gradients in
+    place, ``product_grads[t]`` then being the gradient of its recurrent product; ``dh`` is what reaches
+    h_t through that product, ``carry`` what reaches it otherwise (all of it past a masked step; the
+    GRU's path through z), which the step consumes and refills. Returns the gradient reaching ``h0``."""
     d_out = d_out.contiguous()
-    dh, dc = d_hn.contiguous(), d_cn.clone(memory_format=torch.contiguous_format)
-    carry = torch.zeros_like(dc)  # the gradient a masked step passes on, waiting for the row's valid step
-    bytes_mask = _byte_mask(mask)
-    for t in range(steps - 1, -1, -1):
-        kernels.lstm_backward_step(batch, hidden, acts[t].data_ptr(), cs[t].data_ptr(), tanh_cs[t].data_ptr(),
-                                   dh.data_ptr(), dh.stride(0), carry.data_ptr(), d_out[t].data_ptr(), dc.data_ptr(),
-                                   _row(bytes_mask, t))
-        dh = _step(acts[t], w_t, products)
-    return (dh if mask is None else dh.add_(carry)), dc
+    dh = d_hn.contiguous()
+    carry = torch.zeros_like(dh)
+    mask_at = _mask_addresses(mask)
+    for t in range(d_out.shape[0] - 1, -1, -1):
+        step(t, dh.data_ptr(), carry.data_ptr(), d_out[t].data_ptr(), mask_at(t))
+        dh = _step(product_grads[t], w_t, products)
+    return dh.add_(carry)
 
 
 class _GRULayer(torch.autograd.Function):
@@ -437,13 +429,13 @@ class _GRULayer(torch.autograd.Function):
         hs = x.new_empty((steps + 1, *h0.shape))
         hs[0] = h0
         w = _step_weight(w_hh, batch, products)
-        bytes_mask = _byte_mask(mask) if kernels is not None else None
+        mask_at = _mask_addresses(mask)
         for t in range(steps):
             h = hs[t]
             hp = _step(h, w, products, b_hh)
             if kernels is not None:  # the same arithmetic in one compiled call
                 kernels.gru_forward_step(batch, hidden, acts[t].data_ptr(), hp.data_ptr(), hns[t].data_ptr(),
-                                         h.data_ptr(), hs[t + 1].data_ptr(), _row(bytes_mask, t))
+                                         h.data_ptr(), hs[t + 1].data_ptr(), mask_at(t))
                 continue
             z, n = _gru_gates(acts[t], hp, hidden)
             hns[t].copy_(hp[:, 2 * hidden :])
@@ -463,7 +455,10 @@ class _GRULayer(torch.autograd.Function):
         w_t = _step_weight(w_hh.t(), batch, ctx.products)
         d_hp = torch.empty_like(acts)  # gradient w.r.t. W_hh h + b_hh
         if ctx.kernels is not None:
-            dh = _gru_backward_loop(ctx.kernels, acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
+            hidden = acts.shape[2] // 3
+            dh = _backward_compiled(lambda t, *a: ctx.kernels.gru_backward_step(
+                batch, hidden, acts[t].data_ptr(), hns[t].data_ptr(), hs[t].data_ptr(), d_hp[t].data_ptr(), *a),
+                d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
         else:
             dh = _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
         d_x, d_w_ih, d_b_ih, _ = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih)
@@ -508,23 +503,6 @@ def _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, produ
     return dh
 
 
-def _gru_backward_loop(kernels, acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, products):
-    """:func:`_gru_backward_torch` with each step's gate arithmetic in one compiled call."""
-    steps, batch, gates = acts.shape
-    d_out = d_out.contiguous()
-    dh = d_hn_final.contiguous()
-    carry = torch.zeros_like(dh)  # what reaches h_{t-1} besides the recurrent product
-    bytes_mask = _byte_mask(mask)
-    for t in range(steps - 1, -1, -1):
-        kernels.gru_backward_step(batch, gates // 3, acts[t].data_ptr(), hns[t].data_ptr(), hs[t].data_ptr(),
-                                  dh.data_ptr(), carry.data_ptr(), d_out[t].data_ptr(), d_hp[t].data_ptr(),
-                                  _row(bytes_mask, t))
-        dh = _step(d_hp[t], w_t, products)
-    return dh.add_(carry)
-
-
-
-
 _AUTO = object()
 
 
@@ -542,9 +520,9 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
     """One direction of one RNN layer over ``x`` ``(T, B, I)``; ``bias`` = ``b_ih + b_hh``;
     ``products``: the precision of the matrix products in training (module docstring); ``kernels``:
     as for :func:`lstm_layer`. Returns ``(outputs (T, B, H), h_n (B, H))``."""
+    if kernels is _AUTO:
+        kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
     if not _wants_grad(x, w_ih, bias, h0, w_hh):
-        if kernels is _AUTO:
-            kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
         if kernels is not None:
             relu = int(nonlinearity == "relu")
 
@@ -552,8 +530,6 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
                 kernels.rnn_step(batch, hidden, relu, *addresses)
             return _inference_compiled(step, x, w_ih, bias, h0, w_hh, None, mask)
         return _rnn_inference(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu")
-    if kernels is _AUTO:
-        kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
     return _RNNLayer.apply(x, w_ih, bias, h0, w_hh, mask, nonlinearity == "relu", products, kernels)
 
 
@@ -577,14 +553,12 @@ def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
     """One direction of one GRU layer over ``x`` ``(T, B, I)``. ``b_hh`` stays separate because
     ``b_hn`` sits inside the reset gate's product; ``products``: the precision of the matrix products
     in training (module docstring); ``kernels``: as for :func:`lstm_layer`. Returns ``(outputs, h_n)``."""
+    if kernels is _AUTO:
+        kernels = _compiled_steps(x, w_ih, b_ih, h0, w_hh, b_hh)
     if not _wants_grad(x, w_ih, b_ih, h0, w_hh, b_hh):
-        if kernels is _AUTO:
-            kernels = _compiled_steps(x, w_ih, b_ih, h0, w_hh, b_hh)
         if kernels is not None:
             return _inference_compiled(kernels.gru_infer_step, x, w_ih, b_ih, h0, w_hh, b_hh, mask)
         return _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
-    if kernels is _AUTO:
-        kernels = _compiled_steps(x, w_ih, b_ih, h0, w_hh, b_hh)
     return _GRULayer.apply(x, w_ih, b_ih, h0, w_hh, b_hh, mask, products, kernels)
 
 
@@ -637,8 +611,7 @@ def _inference_compiled(step, x, w_ih, b_ih, h0, w_hh, b_hh, mask):
     out = x.new_empty((steps, *h0.shape))
     w = _prepare(w_hh, batch)
     h, h_next, spare = h0.contiguous(), h0.new_empty(h0.shape), h0.new_empty(h0.shape)  # h0 is never written
-    bytes_mask = _byte_mask(mask)
-    mask_at = (lambda t: None) if bytes_mask is None else (lambda t: bytes_mask.data_ptr() + t * batch)
+    mask_at = _mask_addresses(mask)
     out_at, out_bytes = out.data_ptr(), batch * hidden * out.element_size()
     for start, acts in _projected_chunks(x, w_ih, b_ih):
         a_at, a_bytes = acts.data_ptr(), acts[0].nbytes if len(acts) else 0
@@ -700,8 +673,7 @@ def _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask):
     rows[0, :, inputs:] = h0
     row_bytes, state_offset = rows[0].nbytes, inputs * rows.element_size()
     base, out_base, out_bytes = rows.data_ptr(), out.data_ptr(), out[0].nbytes if steps else 0
-    bytes_mask = _byte_mask(mask)
-    mask_at = (lambda t: None) if bytes_mask is None else (lambda t: bytes_mask.data_ptr() + t * batch)
+    mask_at = _mask_addresses(mask)
     step_rows = rows.unbind(0)
     for start in range(0, steps, _CHUNK_STEPS):
         n = min(_CHUNK_STEPS, steps - start)

@@ -131,13 +131,12 @@ static inline __attribute__((always_inline)) void backward_row(
    d_out (the output's); dc: the gradient reaching c_t, overwritten with the one reaching c_{t-1}.
    carry (zeros to start with): a masked step passes the state's gradient on untouched; it
    collects there and is added back at the row's next valid step. */
-void lstm_backward_step(int64_t B, int64_t H, float *gates, const float *c_prev, const float *tanh_c,
-                        const float *dh_rec, int64_t dh_rec_rs, float *carry, const float *d_out, float *dc,
-                        const uint8_t *mask) {
+void lstm_backward_step(int64_t B, int64_t H, float *gates, const float *c_prev, const float *tanh_c, float *dc,
+                        const float *dh_rec, float *carry, const float *d_out, const uint8_t *mask) {
     #pragma omp parallel for if (B * H >= 8192)
     for (int64_t b = 0; b < B; b++) {
         float *restrict gi = gates + b * 4 * H;
-        const float *restrict dr = dh_rec + b * dh_rec_rs;
+        const float *restrict dr = dh_rec + b * H;
         float *restrict cr = carry + b * H;
         float *restrict dcr = dc + b * H;
         if (mask && !mask[b]) {
@@ -279,8 +278,8 @@ static inline __attribute__((always_inline)) void gru_backward_row(
     }
 }
 
-void gru_backward_step(int64_t B, int64_t H, float *gates, const float *rec_n, const float *h_prev,
-                       const float *dh_rec, float *carry, const float *d_out, float *d_rec, const uint8_t *mask) {
+void gru_backward_step(int64_t B, int64_t H, float *gates, const float *rec_n, const float *h_prev, float *d_rec,
+                       const float *dh_rec, float *carry, const float *d_out, const uint8_t *mask) {
     #pragma omp parallel for if (B * H >= 8192)
     for (int64_t b = 0; b < B; b++) {
         float *restrict a = gates + b * 3 * H, *restrict drec = d_rec + b * 3 * H, *restrict cr = carry + b * H;

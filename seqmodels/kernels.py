@@ -39,7 +39,7 @@ _CPU_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"],
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
     "lstm_forward_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
-    "lstm_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr],
+    "lstm_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "lstm_infer_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr],
     "gru_infer_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "rnn_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
@@ -82,7 +82,8 @@ def _torch_libgomp_loaded() -> bool:
         return False
 
 
-def _build(cc: str) -> Path | None:
+def _build(cc: str) -> ctypes.CDLL | None:
+    """The library for this source, CPU and compiler, loaded: from the cache, else compiled into it."""
     source = _SOURCE.read_bytes()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -99,8 +100,9 @@ def _build(cc: str) -> Path | None:
         for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"seqmodels-{user}"):
             library = folder / f"kernels-{key}.so"
             if library.exists():
-                if _load(library) is not None:
-                    return library
+                lib = _load(library)
+                if lib is not None:
+                    return lib
                 log.info("%s does not load; building it again", library)
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,7 @@ def _build(cc: str) -> Path | None:
                                       text=True, timeout=120)
                 if done.returncode == 0:
                     os.replace(partial, library)
-                    return library
+                    return _load(library)
                 failure = done.stderr.strip() or f"exit status {done.returncode}"
                 log.info("compiling %s with %s failed: %s", _SOURCE.name, " ".join(flags), failure)
             except (OSError, subprocess.SubprocessError) as err:
@@ -187,8 +189,7 @@ def load() -> ctypes.CDLL | None:
     if os.environ.get("SEQMODELS_KERNELS", "1") == "0":
         return None
     cc = _compiler()
-    library = _build(cc) if cc else None
-    lib = _load(library) if library else None
+    lib = _build(cc) if cc else None
     if lib is not None and not _agrees(lib):
         log.warning("seqmodels' compiled steps disagree with the torch form on this machine; using the "
                     "torch form (slower). Please report your CPU and compiler.")
