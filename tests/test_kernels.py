@@ -62,22 +62,32 @@ def test_compiled_step_matches_the_torch_form(steps, batch, inputs, hidden, ragg
         assert not forward_c[0][:, 0].any() and not infer_c[0][:, 0].any()
 
 
+def _gru_or_rnn(cell, x, w_ih, bias, h0, w_hh, mask, lib, products=None):
+    """A GRU or RNN layer (``cell``: "GRU", "RNN-tanh", "RNN-relu") on slices of the LSTM-sized inputs."""
+    hidden = h0.shape[1]
+    if cell == "GRU":
+        return cells.gru_layer(x, w_ih[: 3 * hidden], bias[: 3 * hidden], h0, w_hh[: 3 * hidden], bias[hidden:],
+                               mask, products, kernels=lib)
+    return cells.rnn_layer(x, w_ih[:hidden], bias[:hidden], h0, w_hh[:hidden], mask, cell[4:].lower(), products,
+                           kernels=lib)
+
+
+def _gru_or_rnn_trained(cell, x, w_ih, bias, h0, w_hh, mask, lib, products=None):
+    """Outputs, final state and the gradients of every input of one GRU or RNN forward and backward."""
+    leaves = [p.detach().clone().requires_grad_() for p in (x, w_ih, bias, h0, w_hh)]
+    out, hn = _gru_or_rnn(cell, *leaves, mask, lib, products)
+    loss = (out * torch.linspace(-1, 1, h0.shape[1])).sum() + hn.square().sum()
+    return [out, hn, *torch.autograd.grad(loss, leaves)]
+
+
 @needs_compiled
 @pytest.mark.parametrize("cell", ["GRU", "RNN-tanh", "RNN-relu"])
 @pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
 def test_compiled_gru_and_rnn_inference_match_the_torch_form(cell, steps, batch, inputs, hidden, ragged):
     (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 1, ragged=ragged)
-
-    def layer(kernels):
-        if cell == "GRU":
-            return cells.gru_layer(x, w_ih[: 3 * hidden], bias[: 3 * hidden], h0, w_hh[: 3 * hidden], bias[hidden:],
-                                   mask, kernels=kernels)
-        return cells.rnn_layer(x, w_ih[:hidden], bias[:hidden], h0, w_hh[:hidden], mask, cell[4:].lower(),
-                               kernels=kernels)
-
     with torch.no_grad():
-        expected, got = layer(None), layer(compiled)
+        expected, got = (_gru_or_rnn(cell, x, w_ih, bias, h0, w_hh, mask, lib) for lib in (None, compiled))
     for a, b in zip(expected, got):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
     if ragged:  # an empty row keeps its initial state and outputs zeros
@@ -89,7 +99,7 @@ def test_compiled_gru_and_rnn_inference_match_the_torch_form(cell, steps, batch,
 @pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
 def test_compiled_gru_training_matches_the_torch_form(steps, batch, inputs, hidden, ragged):
     (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 2, ragged=ragged)
-    for a, b in zip(_gru_run(x, w_ih, bias, h0, w_hh, mask, None), _gru_run(x, w_ih, bias, h0, w_hh, mask, compiled)):
+    for a, b in zip(*(_gru_or_rnn_trained("GRU", x, w_ih, bias, h0, w_hh, mask, lib) for lib in (None, compiled))):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
 
 
@@ -99,26 +109,12 @@ def test_compiled_gru_training_matches_the_torch_form(steps, batch, inputs, hidd
 @pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
 def test_compiled_rnn_training_matches_the_torch_form(steps, batch, inputs, hidden, ragged, nonlinearity):
     (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 3, ragged=ragged)
-    params = [x, w_ih[:hidden], bias[:hidden], h0, w_hh[:hidden]]
-    results = []
-    for lib in (None, compiled):
-        leaves = [p.detach().clone().requires_grad_() for p in params]
-        out, hn = cells.rnn_layer(*leaves, mask, nonlinearity, kernels=lib)
-        loss = (out * torch.linspace(-1, 1, hidden)).sum() + hn.square().sum()
-        results.append([out, hn, *torch.autograd.grad(loss, leaves)])
+    results = (_gru_or_rnn_trained(f"RNN-{nonlinearity}", x, w_ih, bias, h0, w_hh, mask, lib)
+               for lib in (None, compiled))
     for a, b in zip(*results):
         # An ungated RNN with these weights amplifies rounding over 70 steps: gradients reach 1e3, and
         # both float32 forms are then 1e-4 from a float64 run (the compiled one no further than the other).
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5 + 2e-6 * a.abs().max().item())
-
-
-def _gru_run(x, w_ih, bias, h0, w_hh, mask, lib, products=None):
-    hidden = h0.shape[1]
-    params = [x, w_ih[: 3 * hidden], bias[: 3 * hidden], h0, w_hh[: 3 * hidden], bias[hidden:]]
-    leaves = [p.detach().clone().requires_grad_() for p in params]
-    out, hn = cells.gru_layer(*leaves, mask, products, kernels=lib)
-    loss = (out * torch.linspace(-1, 1, hidden)).sum() + hn.square().sum()
-    return [out, hn, *torch.autograd.grad(loss, leaves)]
 
 
 @needs_compiled
@@ -129,8 +125,8 @@ def test_compiled_step_with_bf16_products_matches_the_torch_form():
     for a, b in zip(forward_t + grads_t, forward_c + grads_c):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     x, w_ih, bias, h0, _, w_hh = params
-    for a, b in zip(_gru_run(x, w_ih, bias, h0, w_hh, mask, None, torch.bfloat16),
-                    _gru_run(x, w_ih, bias, h0, w_hh, mask, compiled, torch.bfloat16)):
+    for a, b in zip(*(_gru_or_rnn_trained("GRU", x, w_ih, bias, h0, w_hh, mask, lib, torch.bfloat16)
+                      for lib in (None, compiled))):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
