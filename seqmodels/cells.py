@@ -337,7 +337,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
         w = _prepare(_doubled_cell_input(torch.cat([w_ih, w_hh], 1), hidden), batch)
         for t in range(steps):
             s = torch.ops.mkldnn._linear_pointwise(rows[t], w, doubled_bias, "sigmoid", [], "")
-            kernels.lstm_forward_step(batch, hidden, s.data_ptr(), s.stride(0), acts[t].data_ptr(), cs[t].data_ptr(),
+            kernels.lstm_forward_step(batch, hidden, s.data_ptr(), acts[t].data_ptr(), cs[t].data_ptr(),
                                       cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
                                       hs[t + 1].data_ptr(), inputs + hidden, mask_at(t))
     else:
@@ -349,7 +349,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
         w = _step_weight(_doubled_cell_input(w_hh, hidden), batch, products)
         for t in range(steps):
             s = acts[t].add_(_step(hs[t], w, products)).sigmoid_()
-            kernels.lstm_forward_step(batch, hidden, s.data_ptr(), s.stride(0), acts[t].data_ptr(), cs[t].data_ptr(),
+            kernels.lstm_forward_step(batch, hidden, s.data_ptr(), acts[t].data_ptr(), cs[t].data_ptr(),
                                       cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
                                       hs[t + 1].data_ptr(), hidden, mask_at(t))
     out = hs[1:].clone() if mask is None else hs[1:] * mask
@@ -681,9 +681,8 @@ def _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask):
         for k in range(n):
             gates = torch.ops.mkldnn._linear_pointwise(step_rows[k], weight, bias, "sigmoid", [], "")
             state = base + k * row_bytes + state_offset
-            kernels.lstm_infer_step(batch, hidden, gates.data_ptr(), gates.stride(0), c.data_ptr(), state,
-                                    state + row_bytes, inputs + hidden, out_base + (start + k) * out_bytes, hidden,
-                                    mask_at(start + k))
+            kernels.lstm_infer_step(batch, hidden, gates.data_ptr(), c.data_ptr(), state, state + row_bytes,
+                                    inputs + hidden, out_base + (start + k) * out_bytes, mask_at(start + k))
         rows[0, :, inputs:] = rows[n, :, inputs:]
     return out, rows[0, :, inputs:].clone(), c
 

@@ -81,11 +81,11 @@ static void forward_row_in_place(int64_t H, float *s, const float *restrict cp, 
     FORWARD_ROW_BODY(0)
 }
 
-/* Training forward step. s: (B, 4H), rows `s_rs` apart, the sigmoid-activated gates in torch.nn's
+/* Training forward step. s: (B, 4H), the sigmoid-activated gates in torch.nn's
    order i, f, g, o; gates: (B, 4H), receives the activated gates kept for the backward pass (may be
    `s` itself). c_prev -> c_next with tanh(c_next) in tanh_c; h_prev -> h_next, the state and the
    output, rows `h_rs` apart. */
-void lstm_forward_step(int64_t B, int64_t H, const float *s, int64_t s_rs, float *gates,
+void lstm_forward_step(int64_t B, int64_t H, const float *s, float *gates,
                        const float *c_prev, float *c_next, float *tanh_c,
                        const float *h_prev, float *h_next, int64_t h_rs, const uint8_t *mask) {
     #pragma omp parallel for if (B * H >= 8192)  /* smaller steps: not worth waking a thread */
@@ -99,7 +99,7 @@ void lstm_forward_step(int64_t B, int64_t H, const float *s, int64_t s_rs, float
             for (int64_t j = 0; j < 4 * H; j++) a[j] = 0.0f;
             continue;
         }
-        const float *sr = s + b * s_rs;
+        const float *sr = s + b * 4 * H;
         if (sr == a)
             forward_row_in_place(H, a, cp, cn, hn, tc);
         else
@@ -162,18 +162,18 @@ static inline __attribute__((always_inline)) void sigmoid_row(
     }
 }
 
-void lstm_infer_step(int64_t B, int64_t H, const float *s, int64_t s_rs, float *c,
-                     const float *h_prev, float *h, int64_t h_rs, float *out, int64_t out_rs,
+void lstm_infer_step(int64_t B, int64_t H, const float *s, float *c,
+                     const float *h_prev, float *h, int64_t h_rs, float *out,
                      const uint8_t *mask) {
     #pragma omp parallel for if (B * H >= 8192)
     for (int64_t b = 0; b < B; b++) {
-        float *restrict hr = h + b * h_rs, *restrict o_ = out + b * out_rs;
+        float *restrict hr = h + b * h_rs, *restrict o_ = out + b * H;
         if (mask && !mask[b]) {
             const float *restrict hp = h_prev + b * h_rs;
             for (int64_t j = 0; j < H; j++) { hr[j] = hp[j]; o_[j] = 0.0f; }
             continue;
         }
-        sigmoid_row(H, s + b * s_rs, c + b * H, hr, o_);
+        sigmoid_row(H, s + b * 4 * H, c + b * H, hr, o_);
     }
 }
 

@@ -38,9 +38,9 @@ _CPU_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"],
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
-    "lstm_forward_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
+    "lstm_forward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
     "lstm_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
-    "lstm_infer_step": [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr],
+    "lstm_infer_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr],
     "gru_infer_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "rnn_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gru_forward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
