@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -255,9 +256,18 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: config if isinstance(config, (int, float, str, bool)) else str(config)}
 
 
+def _silence_notices_nobody_can_act_on() -> None:
+    """Two notices every run printed: the CLI taking over ``configure_optimizers`` is how it is meant to
+    work (the task's own method is the default for use from Python, the config's optimizer replaces it),
+    and ``LeafSpec`` is torch 2.13 deprecating what Lightning 2.6 calls inside, not our code."""
+    warnings.filterwarnings("ignore", message=r"`\w+\.configure_optimizers` will be overridden by `SeqCLI\.")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+
 class SeqCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
         tune_allocator()
+        _silence_notices_nobody_can_act_on()
         kwargs.setdefault("args", None)
         no_abbreviations = {"allow_abbrev": False}  # --trainer.max_epoch must not pass for max_epochs
         super().__init__(

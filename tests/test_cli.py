@@ -263,3 +263,13 @@ def test_seqmodels_never_imports_datamodules():
     offenders = [p for p in (REPO / "seqmodels").rglob("*.py") if "datamodules" in
                  "".join(line for line in p.read_text().splitlines() if line.lstrip().startswith(("import", "from")))]
     assert not offenders
+
+
+def test_a_fit_prints_no_notice_a_user_cannot_act_on(in_tmp):
+    # Every run printed two: the CLI replacing the task's configure_optimizers (its design) and torch 2.13
+    # deprecating the LeafSpec that Lightning 2.6 uses internally.
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "fit", "--config", str(CONFIGS / "sine_lstm.yaml"),
+                             "--data.num_points", "200", "--data.val_size", "30", "--data.test_size", "30",
+                             "--trainer.max_epochs", "1", *QUIET], capture_output=True, text=True, cwd=in_tmp)
+    assert result.returncode == 0, result.stderr
+    assert "will be overridden" not in result.stderr and "LeafSpec" not in result.stderr, result.stderr
