@@ -46,6 +46,8 @@ _SIGNATURES = {
     "gru_forward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "gru_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "rnn_backward_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "lstm_infer_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 9,
+    "kernels_openmp": [],
 }
 
 
@@ -138,6 +140,7 @@ def _load(library: Path) -> ctypes.CDLL | None:
         for name, argtypes in _SIGNATURES.items():
             function = getattr(lib, name)
             function.argtypes, function.restype = argtypes, None
+        lib.kernels_openmp.restype = _i64
         return lib
     except (OSError, AttributeError) as err:
         log.info("loading %s failed: %s", library, err)
@@ -181,6 +184,55 @@ def _agrees(lib: ctypes.CDLL) -> bool:
         log.warning("seqmodels' compiled steps failed their check: %s", err)
         return False
     return all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(*results))
+
+
+class PackedGemm:
+    """MKL's packed-weight matrix product, as the MKL linked into torch exports it: ``pack`` lays a
+    weight out once for products by many inputs; ``compute`` and ``threads_local`` are the addresses of
+    ``cblas_sgemm_compute`` and ``mkl_set_num_threads_local``, for the compiled sequence loop."""
+
+    _ROW_MAJOR, _B_MATRIX, _TRANS = 101, 162, 112
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._size = library.cblas_sgemm_pack_get_size
+        self._size.argtypes, self._size.restype = [ctypes.c_int] * 4, ctypes.c_size_t
+        self._pack = library.cblas_sgemm_pack
+        self._pack.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, _ptr, ctypes.c_int, _ptr]
+        self._pack.restype = None
+        self.compute = ctypes.cast(library.cblas_sgemm_compute, _ptr).value
+        self.threads_local = ctypes.cast(library.MKL_Set_Num_Threads_Local, _ptr).value
+
+    def pack(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
+        """``weight`` (n, k) float32 as the B operand of ``(rows, k) @ weight^T``, in a byte tensor."""
+        weight = weight.contiguous()
+        n, k = weight.shape
+        packed = torch.empty(self._size(self._B_MATRIX, rows, n, k), dtype=torch.uint8)
+        self._pack(self._ROW_MAJOR, self._B_MATRIX, self._TRANS, rows, n, k, 1.0, weight.data_ptr(), k,
+                   packed.data_ptr())
+        return packed
+
+
+def _cpu_vendor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def packed_gemm() -> PackedGemm | None:
+    """MKL's packed GEMM where it pays: on Intel CPUs, with torch's MKL exporting it (Linux wheels do).
+    On an AMD CPU MKL's per-step products measured 1.2x slower than oneDNN's (CPU-3 in docs/results.md),
+    so there the scratch LSTM keeps its per-step oneDNN loop. None where unavailable."""
+    if _cpu_vendor() != "GenuineIntel" or not torch.backends.mkl.is_available():
+        return None
+    try:
+        return PackedGemm(ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")))
+    except (OSError, AttributeError):
+        return None
 
 
 @functools.cache
