@@ -16,9 +16,9 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   the RNN's) is one call into a small C loop (``kernels.c``, compiled on first use by
   :mod:`seqmodels.kernels`) for float32 on the CPU where a C compiler is at hand; the torch form
   below stays the reference and the fallback, and the two agree to float32 rounding;
-* on an Intel CPU the LSTM's inference is one compiled call for the whole sequence, its products
-  included (MKL's packed product, taken from the MKL inside torch), each thread owning a slice of the
-  hidden units: no per-step dispatch and one meeting of the threads a step;
+* on an Intel CPU the LSTM's forward pass (training and inference) is one compiled call for the whole
+  sequence, its products included (MKL's packed product, taken from the MKL inside torch), each thread
+  owning a slice of the hidden units: no per-step dispatch and one meeting of the threads a step;
 * in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
   arithmetic, the matrix products take bfloat16 inputs (``products``); everything else, the gate
   arithmetic and the cell state above all, stays in float32, and so does evaluation, whose
@@ -324,7 +324,9 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
     :func:`_lstm_inference`) and the rest of a step's arithmetic in one compiled call. In float32 with
     oneDNN a step is one product ``[x_t, h] @ [W_ih, W_hh]^T + b`` that applies the sigmoid itself, over
     a buffer holding each step's input beside its state (the input projection is then no separate
-    product); with bf16 products, the projection first and one sigmoid call a step."""
+    product); with bf16 products, the projection first and one sigmoid call a step. On an Intel CPU in
+    float32, :func:`_lstm_sequence` instead: the whole sequence in one call (CPU-2d, 512 steps, forward
+    and backward: 319-331 ms against 363-372 with a call a step)."""
     steps, batch, inputs = x.shape
     hidden = h0.shape[-1]
     cs = x.new_empty((steps + 1, *h0.shape))
@@ -332,6 +334,16 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
     cs[0] = c0
     mask_at = _mask_addresses(mask)
     doubled_bias = _doubled_cell_input(bias, hidden)
+    gemm = _packed_gemm() if products is None and x.device.type == "cpu" and x.dtype == torch.float32 else None
+    if gemm is not None:
+        rows = x.new_empty((steps + 1, batch, inputs + hidden))  # [x_t, h_t], filled by the loop
+        rows[0, :, inputs:] = h0
+        hs = rows[:, :, inputs:]
+        acts = x.new_empty((steps, batch, 4 * hidden))
+        out = _lstm_sequence(kernels, gemm, x, w_ih, bias, h0, cs, w_hh, mask, rows, (tanh_cs, acts))
+        ctx.save_for_backward(x.reshape(steps * batch, -1), w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows)
+        ctx.x_shape, ctx.products, ctx.kernels = x.shape, products, kernels
+        return out, hs[-1].clone(), cs[-1].clone()
     if products is None and _uses_onednn(x):
         rows = x.new_empty((steps + 1, batch, inputs + hidden))  # [x_t, h_t]
         rows[:steps, :, :inputs] = x
@@ -510,6 +522,11 @@ def _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, produ
 _AUTO = object()
 
 
+def _packed_gemm():
+    from seqmodels import kernels
+    return kernels.packed_gemm()
+
+
 def _compiled_steps(*tensors: Tensor | None):
     """The compiled steps (:mod:`seqmodels.kernels`) where they apply: float32 tensors on the CPU."""
     if all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors):
@@ -547,8 +564,7 @@ def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, c0: Ten
         kernels = _compiled_steps(x, w_ih, bias, h0, c0, w_hh)
     if not _wants_grad(x, w_ih, bias, h0, c0, w_hh):
         if kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32:
-            from seqmodels.kernels import packed_gemm
-            if (gemm := packed_gemm()) is not None:
+            if (gemm := _packed_gemm()) is not None:
                 return _lstm_inference_sequence(kernels, gemm, x, w_ih, bias, h0, c0, w_hh, mask)
         if kernels is not None and _uses_onednn(x):
             return _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask)
@@ -701,11 +717,11 @@ def _slices(hidden: int, threads: int) -> list[int]:
     return [hidden * s // count for s in range(count + 1)]
 
 
-def _lstm_inference_sequence(kernels, gemm, x, w_ih, bias, h0, c0, w_hh, mask):
-    """:func:`_lstm_inference` as one compiled call for the whole sequence, products included
-    (``kernels.c``, ``lstm_infer_sequence``), each thread with its own slice of the hidden units and
-    the weight rows that make them. benchmarks/backbones.py, CPU-2d, 512 steps: 114-134 ms with a
-    oneDNN call and a compiled call a step, against native's 87-95."""
+def _lstm_sequence(kernels, gemm, x, w_ih, bias, h0, c, w_hh, mask, rows, training=None):
+    """The whole sequence in one compiled call, products included (``kernels.c``, ``lstm_sequence``),
+    each thread with its own slice of the hidden units and the weight rows that make them. ``rows``:
+    the ``[x_t, h]`` buffers, ``rows[0, :, inputs:]`` holding h0; ``c``: c0, updated in place (inference)
+    or the states of every step; ``training``: None, or ``(tanh_cs, acts)`` to fill. Returns the outputs."""
     steps, batch, inputs = x.shape
     hidden = h0.shape[-1]
     weight = _doubled_cell_input(torch.cat([w_ih, w_hh], 1), hidden)
@@ -715,19 +731,30 @@ def _lstm_inference_sequence(kernels, gemm, x, w_ih, bias, h0, c0, w_hh, mask):
     packed = [gemm.pack(torch.cat([weight[g * hidden + u0: g * hidden + u1] for g in range(4)]), batch)
               for u0, u1 in zip(bounds, bounds[1:])]
     widest = max(u1 - u0 for u0, u1 in zip(bounds, bounds[1:]))
+    addresses = (ctypes.c_void_p * len(packed))(*[p.data_ptr() for p in packed])
+    bounds = torch.tensor(bounds, dtype=torch.int64)
     x = x.contiguous()
-    rows = x.new_empty((2, batch, inputs + hidden))  # [x_t, h] of this step and the next
-    rows[0, :, inputs:] = h0
-    c = c0.clone(memory_format=torch.contiguous_format)
     out = x.new_empty((steps, batch, hidden))
     scratch = x.new_empty((len(packed), batch, 4 * widest))
     mask_bytes = None if mask is None else mask.reshape(steps, batch).to(torch.uint8).contiguous()
-    addresses = (ctypes.c_void_p * len(packed))(*[p.data_ptr() for p in packed])
-    bounds = torch.tensor(bounds, dtype=torch.int64)
-    kernels.lstm_infer_sequence(gemm.compute, gemm.threads_local, len(packed), steps, batch, inputs, hidden,
-                                x.data_ptr(), rows.data_ptr(), addresses, bounds.data_ptr(), bias.data_ptr(),
-                                c.data_ptr(), out.data_ptr(),
-                                None if mask_bytes is None else mask_bytes.data_ptr(), scratch.data_ptr())
+    common = (gemm.compute, gemm.threads_local, len(packed), steps, batch, inputs, hidden, x.data_ptr(),
+              rows.data_ptr(), addresses, bounds.data_ptr(), bias.data_ptr(), c.data_ptr())
+    tail = (out.data_ptr(), None if mask_bytes is None else mask_bytes.data_ptr(), scratch.data_ptr())
+    if training is None:
+        kernels.lstm_infer_sequence(*common, *tail)
+    else:
+        kernels.lstm_forward_sequence(*common, *(t.data_ptr() for t in training), *tail)
+    return out
+
+
+def _lstm_inference_sequence(kernels, gemm, x, w_ih, bias, h0, c0, w_hh, mask):
+    """:func:`_lstm_inference` through :func:`_lstm_sequence`. benchmarks/backbones.py, CPU-2d, 512 steps:
+    86-90 ms, against 114-134 with a oneDNN call and a compiled call a step, and native's 87-95."""
+    steps, batch, inputs = x.shape
+    rows = x.new_empty((2, batch, inputs + h0.shape[-1]))  # [x_t, h] of this step and the next
+    rows[0, :, inputs:] = h0
+    c = c0.clone(memory_format=torch.contiguous_format)
+    out = _lstm_sequence(kernels, gemm, x, w_ih, bias, h0, c, w_hh, mask, rows)
     return out, rows[steps % 2, :, inputs:].clone(), c
 
 

@@ -370,18 +370,46 @@ static inline __attribute__((always_inline)) void sequence_row(
     }
 }
 
-/* x: (T, B, I); rows: (2, B, I + H) scratch whose rows[0][:, I:] holds h0 on entry; h_T is left in
-   rows[T % 2][:, I:]. packed[s]: slice s's weight rows (the four gates' rows of units bounds[s] ..
-   bounds[s + 1], gate after gate, of [W_ih, W_hh] with g's rows doubled), packed by cblas_sgemm_pack
-   as the B operand of a (B x (I + H)) product. bias: (4H), g's doubled. c: (B, H), updated in place.
-   out: (T, B, H). mask: (T, B) bytes or NULL. scratch: (slices, B, 4 * widest slice) floats. Slices are
-   shared among the threads the runtime gives. */
-void lstm_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I,
-                         int64_t H, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
-                         const float *bias, float *c, float *out, const uint8_t *mask, float *scratch) {
+/* A training row: as sequence_row, and the activated gates (i, f, g, o, in the slice's columns of
+   each, gates H apart in `a`), the new cell state and its tanh kept for the backward pass. */
+static inline __attribute__((always_inline)) void sequence_training_row(
+        int64_t n, int64_t H, const float *restrict g, const float *restrict bias, const float *restrict cp,
+        float *restrict cn, float *restrict tc, float *restrict a, float *restrict h, float *restrict o_) {
+    const float *restrict bi = bias, *restrict bf = bias + H, *restrict bg = bias + 2 * H, *restrict bo = bias + 3 * H;
+    float *restrict ai = a, *restrict af = a + H, *restrict ag = a + 2 * H, *restrict ao = a + 3 * H;
+    for (int64_t j = 0; j < n; j++) {
+        float i = 1.0f / (1.0f + exp_f32(-clamp25(g[j] + bi[j])));
+        float f = 1.0f / (1.0f + exp_f32(-clamp25(g[n + j] + bf[j])));
+        float es = exp_f32(-clamp25(g[2 * n + j] + bg[j]));
+        float gg = (1.0f - es) / (1.0f + es);
+        float o = 1.0f / (1.0f + exp_f32(-clamp25(g[3 * n + j] + bo[j])));
+        float c = f * cp[j] + i * gg;
+        float ec = exp_f32(-2.0f * clamp25(c));
+        float t = (1.0f - ec) / (1.0f + ec);
+        ai[j] = i; af[j] = f; ag[j] = gg; ao[j] = o;
+        cn[j] = c;
+        tc[j] = t;
+        h[j] = o * t;
+        o_[j] = o * t;
+    }
+}
+
+/* The sequence loop, for inference (acts NULL) or training. x: (T, B, I). rows: [x_t, h] buffers,
+   (B, I + H) each, rows[0][:, I:] holding h0 on entry: in inference two that alternate, h_T left in
+   rows[T % 2][:, I:]; in training T + 1, one a step, kept for the weight gradients. packed[s]: slice
+   s's weight rows (the four gates' rows of units bounds[s] .. bounds[s + 1], gate after gate, of
+   [W_ih, W_hh] with g's rows doubled), packed by cblas_sgemm_pack as the B operand of a (B x (I + H))
+   product. bias: (4H), g's doubled. c: in inference (B, H), updated in place; in training the states
+   (T + 1, B, H), c[0] = c0, with tanh_c (T, B, H) and acts (T, B, 4H), the activated gates, beside
+   them. out: (T, B, H). mask: (T, B) bytes or NULL. scratch: (slices, B, 4 * widest slice) floats.
+   Slices are shared among the threads the runtime gives. */
+static void lstm_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I,
+                          int64_t H, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
+                          const float *bias, float *c, float *tanh_c, float *acts, float *out, const uint8_t *mask,
+                          float *scratch) {
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
-    const int64_t K = I + H;
+    const int64_t K = I + H, training = acts != NULL;
     int64_t widest = 0;
     for (int64_t s = 0; s < slices; s++)
         widest = bounds[s + 1] - bounds[s] > widest ? bounds[s + 1] - bounds[s] : widest;
@@ -400,8 +428,10 @@ void lstm_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int
             for (int64_t b = b0; b < b1; b++) memcpy(rows + b * K, x + b * I, (size_t)I * sizeof(float));
         #pragma omp barrier
         for (int64_t t = 0; t < T; t++) {
-            const float *r = rows + (t & 1) * B * K;
-            float *next = rows + ((t + 1) & 1) * B * K;
+            const float *r = rows + (training ? t : t & 1) * B * K;
+            float *next = rows + (training ? t + 1 : (t + 1) & 1) * B * K;
+            const float *cp = training ? c + t * B * H : c;
+            float *cn = training ? c + (t + 1) * B * H : c;
             const uint8_t *m = mask ? mask + t * B : NULL;
             if (t + 1 < T)  /* next step's inputs, beside where this step's h goes */
                 for (int64_t b = b0; b < b1; b++) memcpy(next + b * K, x + ((t + 1) * B + b) * I, (size_t)I * sizeof(float));
@@ -411,12 +441,25 @@ void lstm_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int
                         packed[s], (int)(4 * n), 0.0f, gates, (int)(4 * n));
                 for (int64_t b = 0; b < B; b++) {
                     float *h = next + b * K + I + u0, *o_ = out + (t * B + b) * H + u0;
-                    if (m && !m[b]) {
+                    const float *cpr = cp + b * H + u0;
+                    float *cnr = cn + b * H + u0;
+                    float *a = training ? acts + (t * B + b) * 4 * H + u0 : NULL;
+                    float *tc = training ? tanh_c + (t * B + b) * H + u0 : NULL;
+                    if (m && !m[b]) {  /* the state carried over, the output zero, nothing to differentiate */
                         memcpy(h, r + b * K + I + u0, (size_t)n * sizeof(float));
                         memset(o_, 0, (size_t)n * sizeof(float));
+                        if (training) {
+                            memcpy(cnr, cpr, (size_t)n * sizeof(float));
+                            memset(tc, 0, (size_t)n * sizeof(float));
+                            const size_t bytes = (size_t)n * sizeof(float);
+                            memset(a, 0, bytes); memset(a + H, 0, bytes); memset(a + 2 * H, 0, bytes); memset(a + 3 * H, 0, bytes);
+                        }
                         continue;
                     }
-                    sequence_row(n, H, gates + b * 4 * n, bias + u0, c + b * H + u0, h, o_);
+                    if (training)
+                        sequence_training_row(n, H, gates + b * 4 * n, bias + u0, cpr, cnr, tc, a, h, o_);
+                    else
+                        sequence_row(n, H, gates + b * 4 * n, bias + u0, cnr, h, o_);
                 }
             }
             #pragma omp barrier
@@ -424,4 +467,19 @@ void lstm_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int
         if (threads > 1)
             mkl_threads_local(previous);
     }
+}
+
+void lstm_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I,
+                         int64_t H, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
+                         const float *bias, float *c, float *out, const uint8_t *mask, float *scratch) {
+    lstm_sequence(compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, c, NULL, NULL, out,
+                  mask, scratch);
+}
+
+void lstm_forward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I,
+                           int64_t H, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
+                           const float *bias, float *cs, float *tanh_c, float *acts, float *out, const uint8_t *mask,
+                           float *scratch) {
+    lstm_sequence(compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, cs, tanh_c, acts, out,
+                  mask, scratch);
 }

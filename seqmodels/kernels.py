@@ -47,6 +47,7 @@ _SIGNATURES = {
     "gru_backward_step": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "rnn_backward_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
     "lstm_infer_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 9,
+    "lstm_forward_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 11,
     "kernels_openmp": [],
 }
 

@@ -160,9 +160,10 @@ def test_compiled_step_keeps_nan_and_infinity():
 
 @needs_sequence_loop
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_the_whole_sequence_loop_matches_torch_nn_lstm_with_any_thread_count(threads):
+def test_the_whole_sequence_loop_matches_torch_with_any_thread_count(threads):
     """Its threads split the hidden units: more threads than slices, fewer, or one, give the same numbers
-    as torch's own LSTM, ragged batches and an empty sequence included."""
+    as torch's own LSTM in inference and as the torch form in training (gradients included), ragged
+    batches included, and an empty sequence in inference."""
     gen = torch.Generator().manual_seed(threads)
     lstm = torch.nn.LSTM(6, 40)
     w_ih, w_hh = lstm.weight_ih_l0.detach(), lstm.weight_hh_l0.detach()
@@ -186,6 +187,12 @@ def test_the_whole_sequence_loop_matches_torch_nn_lstm_with_any_thread_count(thr
                 ragged, h_r, c_r = cells.lstm_layer(x, w_ih, bias, h0, c0, w_hh, mask, kernels=None)
                 got = cells.lstm_layer(x, w_ih, bias, h0, c0, w_hh, mask, kernels=compiled)
                 torch.testing.assert_close(got, (ragged, h_r, c_r), rtol=1e-5, atol=1e-5)
+            if not steps:
+                continue  # training takes at least one step
+            params = [x, w_ih.detach(), bias.detach(), h0, c0, w_hh.detach()]
+            expected = _run(params, mask, None)
+            for got, want in zip(_run(params, mask, compiled), expected):  # training: outputs and every gradient
+                torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
     finally:
         torch.set_num_threads(before)
 
