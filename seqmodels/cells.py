@@ -16,9 +16,10 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   the RNN's) is one call into a small C loop (``kernels.c``, compiled on first use by
   :mod:`seqmodels.kernels`) for float32 on the CPU where a C compiler is at hand; the torch form
   below stays the reference and the fallback, and the two agree to float32 rounding;
-* on an Intel CPU the LSTM's forward pass (training and inference) is one compiled call for the whole
-  sequence, its products included (MKL's packed product, taken from the MKL inside torch), each thread
-  owning a slice of the hidden units: no per-step dispatch and one meeting of the threads a step;
+* on an Intel CPU the LSTM's forward pass (training and inference) and its backward pass are each one
+  compiled call for the whole sequence, the recurrent products included (MKL's packed product, taken
+  from the MKL inside torch), each thread owning a slice of the hidden units: no per-step dispatch and
+  one meeting of the threads a step;
 * in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
   arithmetic, the matrix products take bfloat16 inputs (``products``); everything else, the gate
   arithmetic and the cell state above all, stays in float32, and so does evaluation, whose
@@ -286,7 +287,7 @@ class _LSTMLayer(torch.autograd.Function):
                 torch.where(mask[t], h, hs[t], out=h)
         out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hs, cs, tanh_cs, w_hh, mask, None)
-        ctx.x_shape, ctx.products, ctx.kernels = x.shape, products, kernels
+        ctx.x_shape, ctx.products, ctx.kernels, ctx.gemm = x.shape, products, kernels, None
         return out, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
@@ -294,14 +295,17 @@ class _LSTMLayer(torch.autograd.Function):
         _once(ctx)
         x2d, w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows = ctx.saved_tensors
         steps, batch, _ = acts.shape
-        w_t = _step_weight(w_hh.t(), batch, ctx.products)
-        if ctx.kernels is not None:
+        if ctx.gemm is not None:
+            dh, dc = _lstm_backward_sequence(ctx.kernels, ctx.gemm, acts, cs, tanh_cs, w_hh, d_out, d_hn, d_cn, mask)
+        elif ctx.kernels is not None:
+            w_t = _step_weight(w_hh.t(), batch, ctx.products)
             hidden = acts.shape[2] // 4
             dc = d_cn.clone(memory_format=torch.contiguous_format)  # then the gradient reaching c_{t-1}, in place
             dh = _backward_compiled(lambda t, *a: ctx.kernels.lstm_backward_step(
                 batch, hidden, acts[t].data_ptr(), cs[t].data_ptr(), tanh_cs[t].data_ptr(), dc.data_ptr(), *a),
                 acts, w_t, d_out, d_hn, mask, ctx.products)
         else:
+            w_t = _step_weight(w_hh.t(), batch, ctx.products)
             dh, dc = _lstm_backward_torch(acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, ctx.products)
         d_gates = acts.view(steps * batch, -1)
         if rows is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[5]):
@@ -342,7 +346,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
         acts = x.new_empty((steps, batch, 4 * hidden))
         out = _lstm_sequence(kernels, gemm, x, w_ih, bias, h0, cs, w_hh, mask, rows, (tanh_cs, acts))
         ctx.save_for_backward(x.reshape(steps * batch, -1), w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows)
-        ctx.x_shape, ctx.products, ctx.kernels = x.shape, products, kernels
+        ctx.x_shape, ctx.products, ctx.kernels, ctx.gemm = x.shape, products, kernels, gemm
         return out, hs[-1].clone(), cs[-1].clone()
     if products is None and _uses_onednn(x):
         rows = x.new_empty((steps + 1, batch, inputs + hidden))  # [x_t, h_t]
@@ -370,7 +374,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
                                       hs[t + 1].data_ptr(), hidden, mask_at(t))
     out = hs[1:].clone() if mask is None else hs[1:] * mask
     ctx.save_for_backward(x.reshape(steps * batch, -1), w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows)
-    ctx.x_shape, ctx.products, ctx.kernels = x.shape, products, kernels
+    ctx.x_shape, ctx.products, ctx.kernels, ctx.gemm = x.shape, products, kernels, None
     return out, hs[-1].clone(), cs[-1].clone()
 
 
@@ -745,6 +749,29 @@ def _lstm_sequence(kernels, gemm, x, w_ih, bias, h0, c, w_hh, mask, rows, traini
     else:
         kernels.lstm_forward_sequence(*common, *(t.data_ptr() for t in training), *tail)
     return out
+
+
+def _lstm_backward_sequence(kernels, gemm, acts, cs, tanh_cs, w_hh, d_out, d_hn, d_cn, mask):
+    """The backward pass of :func:`_lstm_sequence`'s training forward in one compiled call, the products
+    through ``W_hh`` included, with the same slices of the hidden units: ``acts`` becomes the
+    pre-activations' gradient; returns the gradients reaching ``h0`` and ``c0``."""
+    steps, batch, gates = acts.shape
+    hidden = gates // 4
+    threads = torch.get_num_threads() if kernels.kernels_openmp() else 1
+    bounds = _slices(hidden, threads)
+    packed = [gemm.pack(w_hh[:, u0:u1].t(), batch) for u0, u1 in zip(bounds, bounds[1:])]
+    addresses = (ctypes.c_void_p * len(packed))(*[p.data_ptr() for p in packed])
+    bounds = torch.tensor(bounds, dtype=torch.int64)
+    d_out = d_out.contiguous()
+    dc = d_cn.clone(memory_format=torch.contiguous_format)
+    dh = d_hn.clone(memory_format=torch.contiguous_format)
+    carry = torch.zeros_like(dh)
+    mask_bytes = None if mask is None else mask.reshape(steps, batch).to(torch.uint8).contiguous()
+    kernels.lstm_backward_sequence(gemm.compute, gemm.threads_local, len(packed), steps, batch, hidden, addresses,
+                                   bounds.data_ptr(), acts.data_ptr(), cs.data_ptr(), tanh_cs.data_ptr(),
+                                   d_out.data_ptr(), dc.data_ptr(), dh.data_ptr(), carry.data_ptr(),
+                                   None if mask_bytes is None else mask_bytes.data_ptr())
+    return dh.add_(carry), dc
 
 
 def _lstm_inference_sequence(kernels, gemm, x, w_ih, bias, h0, c0, w_hh, mask):

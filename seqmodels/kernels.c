@@ -107,11 +107,12 @@ void lstm_forward_step(int64_t B, int64_t H, const float *s, float *gates,
     }
 }
 
+/* n units of a row, the gates H apart in `gi` (n = H: the whole row). */
 static inline __attribute__((always_inline)) void backward_row(
-        int64_t H, float *restrict gi, const float *restrict cp, const float *restrict tc,
+        int64_t n, int64_t H, float *restrict gi, const float *restrict cp, const float *restrict tc,
         const float *restrict dr, float *restrict cr, const float *restrict dout, float *restrict dcr) {
     float *restrict gf = gi + H, *restrict gg = gi + 2 * H, *restrict go = gi + 3 * H;
-    for (int64_t j = 0; j < H; j++) {
+    for (int64_t j = 0; j < n; j++) {
         float dh = dr[j] + dout[j] + cr[j];
         float i = gi[j], f = gf[j], g = gg[j], o = go[j], t = tc[j];
         float d_c = dh * o * (1.0f - t * t) + dcr[j];
@@ -144,7 +145,7 @@ void lstm_backward_step(int64_t B, int64_t H, float *gates, const float *c_prev,
             for (int64_t j = 0; j < 4 * H; j++) gi[j] = 0.0f;
             continue;
         }
-        backward_row(H, gi, c_prev + b * H, tanh_c + b * H, dr, cr, d_out + b * H, dcr);
+        backward_row(H, H, gi, c_prev + b * H, tanh_c + b * H, dr, cr, d_out + b * H, dcr);
     }
 }
 
@@ -482,4 +483,57 @@ void lstm_forward_sequence(void *compute_fn, void *threads_fn, int64_t slices, i
                            float *scratch) {
     lstm_sequence(compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, cs, tanh_c, acts, out,
                   mask, scratch);
+}
+
+/* The backward pass of lstm_forward_sequence, from the last step to the first, the recurrent products
+   included; each thread takes the same slices of the hidden units as forward. A step: every slice's
+   gate gradients from the gradient reaching its units' h_t (as lstm_backward_step), the threads meet,
+   then each slice's share of the gradient reaching h_{t-1}, (B x 4H) @ W_hh[:, slice]. packed[s]: those
+   columns of W_hh, packed by cblas_sgemm_pack as the B operand. acts: the activated gates the forward
+   kept, overwritten with their pre-activations' gradients; cs (T + 1, B, H) and tanh_c (T, B, H) as it
+   left them. d_out: (T, B, H). dc: (B, H), d_cn on entry, the gradient reaching c0 on exit. dh: (B, H),
+   d_hn on entry, on exit the gradient reaching h0 through the products; carry: (B, H), zeros on entry,
+   on exit what reaches h0 past masked steps. mask: (T, B) bytes or NULL. */
+void lstm_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
+                            const float *const *packed, const int64_t *bounds, float *acts, const float *cs,
+                            const float *tanh_c, const float *d_out, float *dc, float *dh, float *carry,
+                            const uint8_t *mask) {
+    sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
+    mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
+    #pragma omp parallel num_threads(slices)
+    {
+#ifdef _OPENMP
+        const int64_t p = omp_get_thread_num(), threads = omp_get_num_threads();
+#else
+        const int64_t p = 0, threads = 1;
+#endif
+        const int previous = threads > 1 ? mkl_threads_local(1) : 0;
+        for (int64_t t = T - 1; t >= 0; t--) {
+            float *a_t = acts + t * B * 4 * H;
+            const uint8_t *m = mask ? mask + t * B : NULL;
+            for (int64_t s = p; s < slices; s += threads) {
+                const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
+                for (int64_t b = 0; b < B; b++) {
+                    float *a = a_t + b * 4 * H + u0, *cr = carry + b * H + u0;
+                    const float *dr = dh + b * H + u0;
+                    if (m && !m[b]) {  /* the state's gradient passes a masked step untouched */
+                        const size_t bytes = (size_t)n * sizeof(float);
+                        for (int64_t j = 0; j < n; j++) cr[j] += dr[j];
+                        memset(a, 0, bytes); memset(a + H, 0, bytes); memset(a + 2 * H, 0, bytes); memset(a + 3 * H, 0, bytes);
+                        continue;
+                    }
+                    const int64_t row = (t * B + b) * H + u0;
+                    backward_row(n, H, a, cs + row, tanh_c + row, dr, cr, d_out + row, dc + b * H + u0);
+                }
+            }
+            #pragma omp barrier
+            for (int64_t s = p; s < slices; s += threads) {
+                const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
+                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)n, (int)(4 * H), a_t, (int)(4 * H),
+                        packed[s], (int)n, 0.0f, dh + u0, (int)H);
+            }
+        }
+        if (threads > 1)
+            mkl_threads_local(previous);
+    }
 }

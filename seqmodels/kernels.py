@@ -48,6 +48,7 @@ _SIGNATURES = {
     "rnn_backward_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
     "lstm_infer_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 9,
     "lstm_forward_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 11,
+    "lstm_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10,
     "kernels_openmp": [],
 }
 

@@ -295,5 +295,5 @@ def test_every_gate_loop_is_vectorised_for_avx2_and_avx512(cpu, tmp_path):
     assert scalar, "gcc reported nothing: the check would pass vacuously"
     # gcc names an outer loop by its body's first line; loops over batch rows, time steps and a
     # thread's slices of the hidden units hold gate loops, they are not ones themselves
-    outer = ("b < B", "b < b1", "t < T", "s < slices")
+    outer = ("b < B", "b < b1", "t < T", "t >= 0", "s < slices")
     assert [n for n in sorted(scalar) if not any(o in lines[n - 1] + lines[n - 2] for o in outer)] == []
