@@ -16,10 +16,12 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   the RNN's) is one call into a small C loop (``kernels.c``, compiled on first use by
   :mod:`seqmodels.kernels`) for float32 on the CPU where a C compiler is at hand; the torch form
   below stays the reference and the fallback, and the two agree to float32 rounding;
-* on an Intel CPU the LSTM's forward pass (training and inference) and its backward pass are each one
-  compiled call for the whole sequence, the recurrent products included (MKL's packed product, taken
-  from the MKL inside torch), each thread owning a slice of the hidden units: no per-step dispatch and
-  one meeting of the threads a step;
+* on an Intel CPU the LSTM's and the RNN's forward passes (training and inference) and backward passes
+  are each one compiled call for the whole sequence, the recurrent products included (MKL's packed
+  product, taken from the MKL inside torch), each thread owning a slice of the hidden units: no per-step
+  dispatch and one meeting of the threads a step (the GRU's reset gate sits between its recurrent
+  product and its input's, which this loop's one product per step cannot express; it keeps its
+  per-step loop);
 * in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
   arithmetic, the matrix products take bfloat16 inputs (``products``); everything else, the gate
   arithmetic and the cell state above all, stays in float32, and so does evaluation, whose
@@ -201,8 +203,19 @@ def _gru_gates(a: Tensor, hp: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
 class _RNNLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, w_hh, mask, relu: bool, products, kernels):
-        steps, batch, _ = x.shape
+        steps, batch, inputs = x.shape
         x2d = x.reshape(steps * batch, -1)
+        ctx.relu, ctx.x_shape, ctx.products, ctx.kernels = relu, x.shape, products, kernels
+        ctx.gemm = _packed_gemm() if kernels is not None and products is None and x.device.type == "cpu" \
+            and x.dtype == torch.float32 else None
+        if ctx.gemm is not None:  # the whole sequence in one compiled call (_forward_sequence)
+            rows = x.new_empty((steps + 1, batch, inputs + h0.shape[-1]))  # [x_t, h_t], filled by the loop
+            rows[0, :, inputs:] = h0
+            acts = x.new_empty((steps, *h0.shape))
+            out = _forward_sequence(kernels, ctx.gemm, x, w_ih, bias, w_hh, mask, rows, ("rnn", relu), acts)
+            hs = rows[:, :, inputs:]
+            ctx.save_for_backward(x2d, w_ih, acts, hs, w_hh, mask)
+            return out, hs[-1].clone()
         acts = _project(x2d, w_ih, bias, products).view(steps, batch, -1)  # pre-activations, then h'
         hs = x.new_empty((steps + 1, *h0.shape))
         hs[0] = h0
@@ -222,7 +235,6 @@ class _RNNLayer(torch.autograd.Function):
                 torch.where(mask[t], h, hs[t], out=hs[t + 1])
         out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hs, w_hh, mask)
-        ctx.relu, ctx.x_shape, ctx.products, ctx.kernels = relu, x.shape, products, kernels
         return out, hs[-1].clone()
 
     @staticmethod
@@ -230,13 +242,16 @@ class _RNNLayer(torch.autograd.Function):
         _once(ctx)
         x2d, w_ih, acts, hs, w_hh, mask = ctx.saved_tensors
         steps, batch, _ = acts.shape
-        w_t = _step_weight(w_hh.t(), batch, ctx.products)
-        if ctx.kernels is not None:
+        if ctx.gemm is not None:
+            dh = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn, mask, relu=ctx.relu)
+        elif ctx.kernels is not None:
             hidden, relu = acts.shape[2], int(ctx.relu)
+            w_t = _step_weight(w_hh.t(), batch, ctx.products)
             dh = _backward_compiled(lambda t, *a: ctx.kernels.rnn_backward_step(
                 batch, hidden, relu, acts[t].data_ptr(), *a), acts, w_t, d_out, d_hn, mask, ctx.products)
         else:
-            dh = _rnn_backward_torch(acts, w_t, d_out, d_hn, mask, ctx.relu, ctx.products)
+            dh = _rnn_backward_torch(acts, _step_weight(w_hh.t(), batch, ctx.products), d_out, d_hn, mask, ctx.relu,
+                                     ctx.products)
         d_pre = acts.view(steps * batch, -1)
         d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_pre, x2d, w_ih)
         d_w_hh = _weight_grad(low, hs[:-1].flatten(0, 1), ctx.products) if ctx.needs_input_grad[4] else None
@@ -296,7 +311,7 @@ class _LSTMLayer(torch.autograd.Function):
         x2d, w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows = ctx.saved_tensors
         steps, batch, _ = acts.shape
         if ctx.gemm is not None:
-            dh, dc = _lstm_backward_sequence(ctx.kernels, ctx.gemm, acts, cs, tanh_cs, w_hh, d_out, d_hn, d_cn, mask)
+            dh, dc = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn, mask, (cs, tanh_cs, d_cn))
         elif ctx.kernels is not None:
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
             hidden = acts.shape[2] // 4
@@ -329,7 +344,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
     oneDNN a step is one product ``[x_t, h] @ [W_ih, W_hh]^T + b`` that applies the sigmoid itself, over
     a buffer holding each step's input beside its state (the input projection is then no separate
     product); with bf16 products, the projection first and one sigmoid call a step. On an Intel CPU in
-    float32, :func:`_lstm_sequence` instead: the whole sequence in one call (CPU-2d, 512 steps, forward
+    float32, :func:`_forward_sequence` instead: the whole sequence in one call (CPU-2d, 512 steps, forward
     and backward: 319-331 ms against 363-372 with a call a step)."""
     steps, batch, inputs = x.shape
     hidden = h0.shape[-1]
@@ -344,7 +359,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
         rows[0, :, inputs:] = h0
         hs = rows[:, :, inputs:]
         acts = x.new_empty((steps, batch, 4 * hidden))
-        out = _lstm_sequence(kernels, gemm, x, w_ih, bias, h0, cs, w_hh, mask, rows, (tanh_cs, acts))
+        out = _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, ("lstm", cs), (tanh_cs, acts))
         ctx.save_for_backward(x.reshape(steps * batch, -1), w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows)
         ctx.x_shape, ctx.products, ctx.kernels, ctx.gemm = x.shape, products, kernels, gemm
         return out, hs[-1].clone(), cs[-1].clone()
@@ -548,6 +563,9 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
     if kernels is _AUTO:
         kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
     if not _wants_grad(x, w_ih, bias, h0, w_hh):
+        if kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+            if (gemm := _packed_gemm()) is not None:
+                return _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, ("rnn", nonlinearity == "relu"))
         if kernels is not None:
             relu = int(nonlinearity == "relu")
 
@@ -569,7 +587,7 @@ def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, c0: Ten
     if not _wants_grad(x, w_ih, bias, h0, c0, w_hh):
         if kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32:
             if (gemm := _packed_gemm()) is not None:
-                return _lstm_inference_sequence(kernels, gemm, x, w_ih, bias, h0, c0, w_hh, mask)
+                return _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, ("lstm", c0))
         if kernels is not None and _uses_onednn(x):
             return _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask)
         return _lstm_inference(x, w_ih, bias, h0, c0, w_hh, mask)
@@ -715,74 +733,102 @@ def _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask):
     return out, rows[0, :, inputs:].clone(), c
 
 
-def _slices(hidden: int, threads: int) -> list[int]:
-    """Bounds of the hidden units each thread of the compiled sequence loop owns: about equal, at least 8."""
-    count = max(1, min(threads, hidden // 8))
-    return [hidden * s // count for s in range(count + 1)]
+class _Slices:
+    """The hidden units split among the threads of the compiled sequence loops (about equal, at least 8
+    each), with each slice's share of a weight packed for MKL's product: ``rows_of(u0, u1)`` gives the
+    slice's rows (n, k) of the B operand of ``(batch, k) @ operand^T``."""
+
+    def __init__(self, kernels, gemm, hidden: int, batch: int, rows_of) -> None:
+        threads = torch.get_num_threads() if kernels.kernels_openmp() else 1
+        count = max(1, min(threads, hidden // 8))
+        bounds = [hidden * s // count for s in range(count + 1)]
+        self.count, self.widest = count, max(b - a for a, b in zip(bounds, bounds[1:]))
+        self.packed = [gemm.pack(rows_of(u0, u1), batch) for u0, u1 in zip(bounds, bounds[1:])]
+        self.addresses = (ctypes.c_void_p * count)(*[p.data_ptr() for p in self.packed])
+        self.bounds = torch.tensor(bounds, dtype=torch.int64)
 
 
-def _lstm_sequence(kernels, gemm, x, w_ih, bias, h0, c, w_hh, mask, rows, training=None):
-    """The whole sequence in one compiled call, products included (``kernels.c``, ``lstm_sequence``),
-    each thread with its own slice of the hidden units and the weight rows that make them. ``rows``:
-    the ``[x_t, h]`` buffers, ``rows[0, :, inputs:]`` holding h0; ``c``: c0, updated in place (inference)
-    or the states of every step; ``training``: None, or ``(tanh_cs, acts)`` to fill. Returns the outputs."""
+def _mask_bytes(mask: Tensor | None) -> Tensor | None:
+    """``mask`` ``(T, B, 1)`` as the compiled sequence loops read it: one byte per step and sequence."""
+    return None if mask is None else mask.reshape(mask.shape[:2]).to(torch.uint8).contiguous()
+
+
+def _address(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell, training=None):
+    """A layer's whole forward sequence in one compiled call, products included (``kernels.c``,
+    ``cell_sequence``), each thread with its own slice of the hidden units and the weight rows that make
+    them. ``rows``: the ``[x_t, h]`` buffers, ``rows[0, :, inputs:]`` holding h0. ``cell``: ``("lstm", c)``
+    with c the state, c0 updated in place (inference) or the states of every step (training), or
+    ``("rnn", relu)``. ``training``: None, or what the backward pass reads, to fill: ``(tanh_cs, acts)``
+    for an LSTM, ``acts`` for an RNN. Returns the outputs."""
     steps, batch, inputs = x.shape
-    hidden = h0.shape[-1]
-    weight = _doubled_cell_input(torch.cat([w_ih, w_hh], 1), hidden)
-    bias = x.new_zeros(4 * hidden) if bias is None else _doubled_cell_input(bias, hidden)
-    threads = torch.get_num_threads() if kernels.kernels_openmp() else 1
-    bounds = _slices(hidden, threads)
-    packed = [gemm.pack(torch.cat([weight[g * hidden + u0: g * hidden + u1] for g in range(4)]), batch)
-              for u0, u1 in zip(bounds, bounds[1:])]
-    widest = max(u1 - u0 for u0, u1 in zip(bounds, bounds[1:]))
-    addresses = (ctypes.c_void_p * len(packed))(*[p.data_ptr() for p in packed])
-    bounds = torch.tensor(bounds, dtype=torch.int64)
+    hidden = w_hh.shape[1]
+    kind, arg = cell
+    weight = torch.cat([w_ih, w_hh], 1)
+    gates = 4 if kind == "lstm" else 1
+    if kind == "lstm":  # g's rows doubled: one sigmoid-shaped exponential serves tanh too (_lstm_inference)
+        weight = _doubled_cell_input(weight, hidden)
+        bias = None if bias is None else _doubled_cell_input(bias, hidden)
+    bias = x.new_zeros(gates * hidden) if bias is None else bias.contiguous()
+    slices = _Slices(kernels, gemm, hidden, batch,
+                     lambda u0, u1: torch.cat([weight[g * hidden + u0: g * hidden + u1] for g in range(gates)]))
     x = x.contiguous()
     out = x.new_empty((steps, batch, hidden))
-    scratch = x.new_empty((len(packed), batch, 4 * widest))
-    mask_bytes = None if mask is None else mask.reshape(steps, batch).to(torch.uint8).contiguous()
-    common = (gemm.compute, gemm.threads_local, len(packed), steps, batch, inputs, hidden, x.data_ptr(),
-              rows.data_ptr(), addresses, bounds.data_ptr(), bias.data_ptr(), c.data_ptr())
-    tail = (out.data_ptr(), None if mask_bytes is None else mask_bytes.data_ptr(), scratch.data_ptr())
-    if training is None:
-        kernels.lstm_infer_sequence(*common, *tail)
+    scratch = x.new_empty((slices.count, batch, gates * slices.widest))
+    mask_bytes = _mask_bytes(mask)
+    common = (gemm.compute, gemm.threads_local, slices.count, steps, batch, inputs, hidden)
+    buffers = (x.data_ptr(), rows.data_ptr(), slices.addresses, slices.bounds.data_ptr(), bias.data_ptr())
+    tail = (out.data_ptr(), _address(mask_bytes), scratch.data_ptr())
+    if kind == "rnn":
+        kernels.rnn_sequence(*common, int(arg), *buffers, _address(training), *tail)
+    elif training is None:
+        kernels.lstm_infer_sequence(*common, *buffers, arg.data_ptr(), *tail)
     else:
-        kernels.lstm_forward_sequence(*common, *(t.data_ptr() for t in training), *tail)
+        kernels.lstm_forward_sequence(*common, *buffers, arg.data_ptr(), *(t.data_ptr() for t in training), *tail)
     return out
 
 
-def _lstm_backward_sequence(kernels, gemm, acts, cs, tanh_cs, w_hh, d_out, d_hn, d_cn, mask):
-    """The backward pass of :func:`_lstm_sequence`'s training forward in one compiled call, the products
-    through ``W_hh`` included, with the same slices of the hidden units: ``acts`` becomes the
-    pre-activations' gradient; returns the gradients reaching ``h0`` and ``c0``."""
-    steps, batch, gates = acts.shape
-    hidden = gates // 4
-    threads = torch.get_num_threads() if kernels.kernels_openmp() else 1
-    bounds = _slices(hidden, threads)
-    packed = [gemm.pack(w_hh[:, u0:u1].t(), batch) for u0, u1 in zip(bounds, bounds[1:])]
-    addresses = (ctypes.c_void_p * len(packed))(*[p.data_ptr() for p in packed])
-    bounds = torch.tensor(bounds, dtype=torch.int64)
+def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, relu=False):
+    """The backward pass of :func:`_forward_sequence`'s training forward in one compiled call, the
+    products through ``W_hh`` included, with the same slices of the hidden units: ``acts`` becomes the
+    pre-activations' gradient. ``lstm``: ``(cs, tanh_cs, d_cn)`` for an LSTM, None for an RNN (``relu``
+    its activation). Returns the gradient reaching ``h0``, and for an LSTM the one reaching ``c0``."""
+    steps, batch, _ = acts.shape
+    hidden = w_hh.shape[1]
+    slices = _Slices(kernels, gemm, hidden, batch, lambda u0, u1: w_hh[:, u0:u1].t())
     d_out = d_out.contiguous()
-    dc = d_cn.clone(memory_format=torch.contiguous_format)
     dh = d_hn.clone(memory_format=torch.contiguous_format)
     carry = torch.zeros_like(dh)
-    mask_bytes = None if mask is None else mask.reshape(steps, batch).to(torch.uint8).contiguous()
-    kernels.lstm_backward_sequence(gemm.compute, gemm.threads_local, len(packed), steps, batch, hidden, addresses,
-                                   bounds.data_ptr(), acts.data_ptr(), cs.data_ptr(), tanh_cs.data_ptr(),
-                                   d_out.data_ptr(), dc.data_ptr(), dh.data_ptr(), carry.data_ptr(),
-                                   None if mask_bytes is None else mask_bytes.data_ptr())
+    mask_bytes = _mask_bytes(mask)
+    common = (gemm.compute, gemm.threads_local, slices.count, steps, batch, hidden)
+    if lstm is None:
+        kernels.rnn_backward_sequence(*common, int(relu), slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
+                                      d_out.data_ptr(), dh.data_ptr(), carry.data_ptr(), _address(mask_bytes))
+        return dh.add_(carry)
+    cs, tanh_cs, d_cn = lstm
+    dc = d_cn.clone(memory_format=torch.contiguous_format)
+    kernels.lstm_backward_sequence(*common, slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(), cs.data_ptr(),
+                                   tanh_cs.data_ptr(), d_out.data_ptr(), dc.data_ptr(), dh.data_ptr(),
+                                   carry.data_ptr(), _address(mask_bytes))
     return dh.add_(carry), dc
 
 
-def _lstm_inference_sequence(kernels, gemm, x, w_ih, bias, h0, c0, w_hh, mask):
-    """:func:`_lstm_inference` through :func:`_lstm_sequence`. benchmarks/backbones.py, CPU-2d, 512 steps:
-    86-90 ms, against 114-134 with a oneDNN call and a compiled call a step, and native's 87-95."""
+def _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, cell):
+    """An LSTM's (``cell`` ``("lstm", c0)``) or RNN's (``("rnn", relu)``) inference through
+    :func:`_forward_sequence`; returns ``(outputs, h_n[, c_n])``. benchmarks/backbones.py, CPU-2d, LSTM,
+    512 steps: 86-90 ms, against 114-134 with a oneDNN call and a compiled call a step, and native's 87-95."""
     steps, batch, inputs = x.shape
     rows = x.new_empty((2, batch, inputs + h0.shape[-1]))  # [x_t, h] of this step and the next
     rows[0, :, inputs:] = h0
-    c = c0.clone(memory_format=torch.contiguous_format)
-    out = _lstm_sequence(kernels, gemm, x, w_ih, bias, h0, c, w_hh, mask, rows)
-    return out, rows[steps % 2, :, inputs:].clone(), c
+    if cell[0] == "lstm":
+        c = cell[1].clone(memory_format=torch.contiguous_format)
+        out = _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, ("lstm", c))
+        return out, rows[steps % 2, :, inputs:].clone(), c
+    out = _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell)
+    return out, rows[steps % 2, :, inputs:].clone()
 
 
 def _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask):

@@ -395,22 +395,38 @@ static inline __attribute__((always_inline)) void sequence_training_row(
     }
 }
 
-/* The sequence loop, for inference (acts NULL) or training. x: (T, B, I). rows: [x_t, h] buffers,
-   (B, I + H) each, rows[0][:, I:] holding h0 on entry: in inference two that alternate, h_T left in
-   rows[T % 2][:, I:]; in training T + 1, one a step, kept for the weight gradients. packed[s]: slice
-   s's weight rows (the four gates' rows of units bounds[s] .. bounds[s + 1], gate after gate, of
-   [W_ih, W_hh] with g's rows doubled), packed by cblas_sgemm_pack as the B operand of a (B x (I + H))
-   product. bias: (4H), g's doubled. c: in inference (B, H), updated in place; in training the states
-   (T + 1, B, H), c[0] = c0, with tanh_c (T, B, H) and acts (T, B, 4H), the activated gates, beside
-   them. out: (T, B, H). mask: (T, B) bytes or NULL. scratch: (slices, B, 4 * widest slice) floats.
-   Slices are shared among the threads the runtime gives. */
-static void lstm_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I,
-                          int64_t H, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
-                          const float *bias, float *c, float *tanh_c, float *acts, float *out, const uint8_t *mask,
-                          float *scratch) {
+/* An RNN row of n units: h = act(g + b), tanh or relu (NaN kept), also into `a` in training. */
+static inline __attribute__((always_inline)) void rnn_sequence_row(
+        int64_t n, int64_t relu, const float *restrict g, const float *restrict bias, float *restrict h,
+        float *restrict o_, float *restrict a) {
+    if (relu) {
+        for (int64_t j = 0; j < n; j++) { float y = g[j] + bias[j]; y = y > 0.0f ? y : (y == y ? 0.0f : y); h[j] = y; o_[j] = y; }
+    } else {
+        for (int64_t j = 0; j < n; j++) { float y = tanh_f32(g[j] + bias[j]); h[j] = y; o_[j] = y; }
+    }
+    if (a)
+        memcpy(a, h, (size_t)n * sizeof(float));
+}
+
+enum { CELL_LSTM = 0, CELL_RNN_TANH = 1, CELL_RNN_RELU = 2 };
+
+/* The sequence loop of an LSTM or an RNN (`cell`), for inference (acts NULL) or training. x: (T, B, I).
+   rows: [x_t, h] buffers, (B, I + H) each, rows[0][:, I:] holding h0 on entry: in inference two that
+   alternate, h_T left in rows[T % 2][:, I:]; in training T + 1, one a step, kept for the weight
+   gradients. packed[s]: slice s's weight rows (the gates' rows of units bounds[s] .. bounds[s + 1], gate
+   after gate, of [W_ih, W_hh], an LSTM's g rows doubled), packed by cblas_sgemm_pack as the B operand
+   of a (B x (I + H)) product. bias: (G H), G = 4 gates (LSTM) or 1 (RNN). An LSTM's c: in inference
+   (B, H), updated in place; in training the states (T + 1, B, H), c[0] = c0, with tanh_c (T, B, H)
+   beside them. acts: in training (T, B, G H), the activated gates (an RNN's: its outputs). out:
+   (T, B, H). mask: (T, B) bytes or NULL. scratch: (slices, B, G * widest slice) floats. Slices are
+   shared among the threads the runtime gives. */
+static void cell_sequence(int64_t cell, void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B,
+                          int64_t I, int64_t H, const float *x, float *rows, const float *const *packed,
+                          const int64_t *bounds, const float *bias, float *c, float *tanh_c, float *acts, float *out,
+                          const uint8_t *mask, float *scratch) {
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
-    const int64_t K = I + H, training = acts != NULL;
+    const int64_t K = I + H, G = cell == CELL_LSTM ? 4 : 1, training = acts != NULL;
     int64_t widest = 0;
     for (int64_t s = 0; s < slices; s++)
         widest = bounds[s + 1] - bounds[s] > widest ? bounds[s + 1] - bounds[s] : widest;
@@ -423,7 +439,7 @@ static void lstm_sequence(void *compute_fn, void *threads_fn, int64_t slices, in
 #endif
         /* inside a parallel region of our own, MKL would otherwise start threads of its own */
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
-        float *gates = scratch + p * B * 4 * widest;
+        float *gates = scratch + p * B * G * widest;
         const int64_t b0 = p * B / threads, b1 = (p + 1) * B / threads;
         if (T > 0)
             for (int64_t b = b0; b < b1; b++) memcpy(rows + b * K, x + b * I, (size_t)I * sizeof(float));
@@ -431,36 +447,42 @@ static void lstm_sequence(void *compute_fn, void *threads_fn, int64_t slices, in
         for (int64_t t = 0; t < T; t++) {
             const float *r = rows + (training ? t : t & 1) * B * K;
             float *next = rows + (training ? t + 1 : (t + 1) & 1) * B * K;
-            const float *cp = training ? c + t * B * H : c;
-            float *cn = training ? c + (t + 1) * B * H : c;
             const uint8_t *m = mask ? mask + t * B : NULL;
             if (t + 1 < T)  /* next step's inputs, beside where this step's h goes */
                 for (int64_t b = b0; b < b1; b++) memcpy(next + b * K, x + ((t + 1) * B + b) * I, (size_t)I * sizeof(float));
             for (int64_t s = p; s < slices; s += threads) {
                 const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
-                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)(4 * n), (int)K, r, (int)K,
-                        packed[s], (int)(4 * n), 0.0f, gates, (int)(4 * n));
+                const size_t bytes = (size_t)n * sizeof(float);
+                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)(G * n), (int)K, r, (int)K,
+                        packed[s], (int)(G * n), 0.0f, gates, (int)(G * n));
                 for (int64_t b = 0; b < B; b++) {
                     float *h = next + b * K + I + u0, *o_ = out + (t * B + b) * H + u0;
-                    const float *cpr = cp + b * H + u0;
-                    float *cnr = cn + b * H + u0;
-                    float *a = training ? acts + (t * B + b) * 4 * H + u0 : NULL;
-                    float *tc = training ? tanh_c + (t * B + b) * H + u0 : NULL;
-                    if (m && !m[b]) {  /* the state carried over, the output zero, nothing to differentiate */
-                        memcpy(h, r + b * K + I + u0, (size_t)n * sizeof(float));
-                        memset(o_, 0, (size_t)n * sizeof(float));
-                        if (training) {
-                            memcpy(cnr, cpr, (size_t)n * sizeof(float));
-                            memset(tc, 0, (size_t)n * sizeof(float));
-                            const size_t bytes = (size_t)n * sizeof(float);
-                            memset(a, 0, bytes); memset(a + H, 0, bytes); memset(a + 2 * H, 0, bytes); memset(a + 3 * H, 0, bytes);
-                        }
+                    float *a = training ? acts + (t * B + b) * G * H + u0 : NULL;
+                    const int masked = m && !m[b];
+                    if (masked) {  /* the state carried over, the output zero, nothing to differentiate */
+                        memcpy(h, r + b * K + I + u0, bytes);
+                        memset(o_, 0, bytes);
+                        if (training)
+                            for (int64_t k = 0; k < G; k++) memset(a + k * H, 0, bytes);
+                    }
+                    if (cell != CELL_LSTM) {
+                        if (!masked)
+                            rnn_sequence_row(n, cell == CELL_RNN_RELU, gates + b * n, bias + u0, h, o_, a);
                         continue;
                     }
-                    if (training)
-                        sequence_training_row(n, H, gates + b * 4 * n, bias + u0, cpr, cnr, tc, a, h, o_);
-                    else
-                        sequence_row(n, H, gates + b * 4 * n, bias + u0, cnr, h, o_);
+                    float *cp = c + (training ? t * B * H : 0) + b * H + u0;
+                    float *cn = c + (training ? (t + 1) * B * H : 0) + b * H + u0;
+                    if (masked) {
+                        if (training) {
+                            memcpy(cn, cp, bytes);
+                            memset(tanh_c + (t * B + b) * H + u0, 0, bytes);
+                        }
+                    } else if (training) {
+                        sequence_training_row(n, H, gates + b * 4 * n, bias + u0, cp, cn,
+                                              tanh_c + (t * B + b) * H + u0, a, h, o_);
+                    } else {
+                        sequence_row(n, H, gates + b * 4 * n, bias + u0, cn, h, o_);
+                    }
                 }
             }
             #pragma omp barrier
@@ -473,33 +495,43 @@ static void lstm_sequence(void *compute_fn, void *threads_fn, int64_t slices, in
 void lstm_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I,
                          int64_t H, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
                          const float *bias, float *c, float *out, const uint8_t *mask, float *scratch) {
-    lstm_sequence(compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, c, NULL, NULL, out,
-                  mask, scratch);
+    cell_sequence(CELL_LSTM, compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, c, NULL, NULL,
+                  out, mask, scratch);
 }
 
 void lstm_forward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I,
                            int64_t H, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
                            const float *bias, float *cs, float *tanh_c, float *acts, float *out, const uint8_t *mask,
                            float *scratch) {
-    lstm_sequence(compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, cs, tanh_c, acts, out,
-                  mask, scratch);
+    cell_sequence(CELL_LSTM, compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, cs, tanh_c,
+                  acts, out, mask, scratch);
 }
 
-/* The backward pass of lstm_forward_sequence, from the last step to the first, the recurrent products
-   included; each thread takes the same slices of the hidden units as forward. A step: every slice's
-   gate gradients from the gradient reaching its units' h_t (as lstm_backward_step), the threads meet,
-   then each slice's share of the gradient reaching h_{t-1}, (B x 4H) @ W_hh[:, slice]. packed[s]: those
-   columns of W_hh, packed by cblas_sgemm_pack as the B operand. acts: the activated gates the forward
-   kept, overwritten with their pre-activations' gradients; cs (T + 1, B, H) and tanh_c (T, B, H) as it
-   left them. d_out: (T, B, H). dc: (B, H), d_cn on entry, the gradient reaching c0 on exit. dh: (B, H),
-   d_hn on entry, on exit the gradient reaching h0 through the products; carry: (B, H), zeros on entry,
-   on exit what reaches h0 past masked steps. mask: (T, B) bytes or NULL. */
-void lstm_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
-                            const float *const *packed, const int64_t *bounds, float *acts, const float *cs,
-                            const float *tanh_c, const float *d_out, float *dc, float *dh, float *carry,
-                            const uint8_t *mask) {
+/* An RNN's inference (acts NULL) or training forward; relu: 1 for relu, 0 for tanh. */
+void rnn_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I, int64_t H,
+                  int64_t relu, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
+                  const float *bias, float *acts, float *out, const uint8_t *mask, float *scratch) {
+    cell_sequence(relu ? CELL_RNN_RELU : CELL_RNN_TANH, compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed,
+                  bounds, bias, NULL, NULL, acts, out, mask, scratch);
+}
+
+/* The backward pass of cell_sequence's training forward, from the last step to the first, the recurrent
+   products included; each thread takes the same slices of the hidden units as forward. A step: every
+   slice's gate gradients from the gradient reaching its units' h_t (as lstm_backward_step and
+   rnn_backward_step), the threads meet, then each slice's share of the gradient reaching h_{t-1},
+   (B x G H) @ W_hh[:, slice]. packed[s]: those columns of W_hh, packed by cblas_sgemm_pack as the B
+   operand. acts: what the forward kept, overwritten with the pre-activations' gradients; an LSTM's cs
+   (T + 1, B, H) and tanh_c (T, B, H) as it left them. d_out: (T, B, H). An LSTM's dc: (B, H), d_cn on
+   entry, the gradient reaching c0 on exit. dh: (B, H), d_hn on entry, on exit the gradient reaching h0
+   through the products; carry: (B, H), zeros on entry, on exit what reaches h0 past masked steps. mask:
+   (T, B) bytes or NULL. */
+static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
+                                   int64_t B, int64_t H, const float *const *packed, const int64_t *bounds,
+                                   float *acts, const float *cs, const float *tanh_c, const float *d_out, float *dc,
+                                   float *dh, float *carry, const uint8_t *mask) {
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
+    const int64_t G = cell == CELL_LSTM ? 4 : 1;
     #pragma omp parallel num_threads(slices)
     {
 #ifdef _OPENMP
@@ -509,31 +541,51 @@ void lstm_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, 
 #endif
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
         for (int64_t t = T - 1; t >= 0; t--) {
-            float *a_t = acts + t * B * 4 * H;
+            float *a_t = acts + t * B * G * H;
             const uint8_t *m = mask ? mask + t * B : NULL;
             for (int64_t s = p; s < slices; s += threads) {
                 const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
                 for (int64_t b = 0; b < B; b++) {
-                    float *a = a_t + b * 4 * H + u0, *cr = carry + b * H + u0;
-                    const float *dr = dh + b * H + u0;
-                    if (m && !m[b]) {  /* the state's gradient passes a masked step untouched */
-                        const size_t bytes = (size_t)n * sizeof(float);
-                        for (int64_t j = 0; j < n; j++) cr[j] += dr[j];
-                        memset(a, 0, bytes); memset(a + H, 0, bytes); memset(a + 2 * H, 0, bytes); memset(a + 3 * H, 0, bytes);
-                        continue;
-                    }
+                    float *restrict a = a_t + b * G * H + u0, *restrict cr = carry + b * H + u0;
+                    const float *restrict dr = dh + b * H + u0;
                     const int64_t row = (t * B + b) * H + u0;
-                    backward_row(n, H, a, cs + row, tanh_c + row, dr, cr, d_out + row, dc + b * H + u0);
+                    if (m && !m[b]) {  /* the state's gradient passes a masked step untouched */
+                        for (int64_t j = 0; j < n; j++) cr[j] += dr[j];
+                        for (int64_t k = 0; k < G; k++) memset(a + k * H, 0, (size_t)n * sizeof(float));
+                    } else if (cell == CELL_LSTM) {
+                        backward_row(n, H, a, cs + row, tanh_c + row, dr, cr, d_out + row, dc + b * H + u0);
+                    } else {
+                        const float *restrict dout = d_out + row;
+                        if (cell == CELL_RNN_RELU)
+                            for (int64_t j = 0; j < n; j++) { float d = dr[j] + cr[j] + dout[j]; a[j] = a[j] > 0.0f ? d : 0.0f; cr[j] = 0.0f; }
+                        else
+                            for (int64_t j = 0; j < n; j++) { float d = dr[j] + cr[j] + dout[j]; a[j] = d * (1.0f - a[j] * a[j]); cr[j] = 0.0f; }
+                    }
                 }
             }
             #pragma omp barrier
             for (int64_t s = p; s < slices; s += threads) {
                 const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
-                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)n, (int)(4 * H), a_t, (int)(4 * H),
+                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)n, (int)(G * H), a_t, (int)(G * H),
                         packed[s], (int)n, 0.0f, dh + u0, (int)H);
             }
         }
         if (threads > 1)
             mkl_threads_local(previous);
     }
+}
+
+void lstm_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
+                            const float *const *packed, const int64_t *bounds, float *acts, const float *cs,
+                            const float *tanh_c, const float *d_out, float *dc, float *dh, float *carry,
+                            const uint8_t *mask) {
+    cell_backward_sequence(CELL_LSTM, compute_fn, threads_fn, slices, T, B, H, packed, bounds, acts, cs, tanh_c, d_out,
+                           dc, dh, carry, mask);
+}
+
+void rnn_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
+                           int64_t relu, const float *const *packed, const int64_t *bounds, float *acts,
+                           const float *d_out, float *dh, float *carry, const uint8_t *mask) {
+    cell_backward_sequence(relu ? CELL_RNN_RELU : CELL_RNN_TANH, compute_fn, threads_fn, slices, T, B, H, packed,
+                           bounds, acts, NULL, NULL, d_out, NULL, dh, carry, mask);
 }

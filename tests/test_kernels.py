@@ -51,8 +51,8 @@ needs_sequence_loop = pytest.mark.skipif(compiled is None or not sequence_loop,
 
 
 @pytest.fixture(params=["sequence", "per-step"])
-def lstm_inference(request, monkeypatch):
-    """Both compiled LSTM inference loops: the whole-sequence one (Intel CPUs) and the per-step one."""
+def compiled_loop(request, monkeypatch):
+    """Both compiled loops of the LSTM and the RNN: the whole-sequence one (Intel CPUs) and the per-step one."""
     if request.param == "sequence" and not sequence_loop:
         pytest.skip("the whole-sequence LSTM loop runs on Intel CPUs with torch's MKL")
     if request.param == "per-step":
@@ -63,7 +63,7 @@ def lstm_inference(request, monkeypatch):
 @needs_compiled
 @pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
-def test_compiled_step_matches_the_torch_form(steps, batch, inputs, hidden, ragged, lstm_inference):
+def test_compiled_step_matches_the_torch_form(steps, batch, inputs, hidden, ragged, compiled_loop):
     """Outputs, final states, every gradient and the inference path (which crosses a 64-step chunk at
     70 steps), for odd sizes that leave remainders after the vector loops."""
     params, mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps, ragged=ragged)
@@ -99,12 +99,17 @@ def _gru_or_rnn_trained(cell, x, w_ih, bias, h0, w_hh, mask, lib, products=None)
 @pytest.mark.parametrize("cell", ["GRU", "RNN-tanh", "RNN-relu"])
 @pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
-def test_compiled_gru_and_rnn_inference_match_the_torch_form(cell, steps, batch, inputs, hidden, ragged):
+def test_compiled_gru_and_rnn_inference_match_the_torch_form(cell, steps, batch, inputs, hidden, ragged,
+                                                          compiled_loop):
+    """As accurate as the torch form, measured against it in float64: on Intel CPUs the RNN's products are
+    MKL's, summed in another order than oneDNN's, and a relu RNN whose weights expand the state (these
+    do) grows that float32 rounding difference step after step, for both forms alike."""
     (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 1, ragged=ragged)
     with torch.no_grad():
         expected, got = (_gru_or_rnn(cell, x, w_ih, bias, h0, w_hh, mask, lib) for lib in (None, compiled))
-    for a, b in zip(expected, got):
-        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+        exact = _gru_or_rnn(cell, *(t.double() for t in (x, w_ih, bias, h0, w_hh)), mask, None)
+    for a, b, e in zip(expected, got, exact):
+        assert (b.double() - e).abs().max() <= 2 * (a.double() - e).abs().max() + 2e-5
     if ragged:  # an empty row keeps its initial state and outputs zeros
         assert torch.equal(got[1][0], h0[0]) and not got[0][:, 0].any()
 
@@ -122,7 +127,8 @@ def test_compiled_gru_training_matches_the_torch_form(steps, batch, inputs, hidd
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
-def test_compiled_rnn_training_matches_the_torch_form(steps, batch, inputs, hidden, ragged, nonlinearity):
+def test_compiled_rnn_training_matches_the_torch_form(steps, batch, inputs, hidden, ragged, nonlinearity,
+                                                     compiled_loop):
     (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 3, ragged=ragged)
     results = (_gru_or_rnn_trained(f"RNN-{nonlinearity}", x, w_ih, bias, h0, w_hh, mask, lib)
                for lib in (None, compiled))
@@ -293,7 +299,7 @@ def test_every_gate_loop_is_vectorised_for_avx2_and_avx512(cpu, tmp_path):
     lines = kernels._SOURCE.read_text().splitlines()
     scalar = {int(m) for m in re.findall(r"kernels\.c:(\d+):\d+: missed: couldn't vectorize loop", done.stderr)}
     assert scalar, "gcc reported nothing: the check would pass vacuously"
-    # gcc names an outer loop by its body's first line; loops over batch rows, time steps and a
-    # thread's slices of the hidden units hold gate loops, they are not ones themselves
-    outer = ("b < B", "b < b1", "t < T", "t >= 0", "s < slices")
+    # gcc names an outer loop by its body's first line; loops over batch rows, time steps, a thread's
+    # slices of the hidden units and a row's gates hold gate loops (or memsets), they are not ones themselves
+    outer = ("b < B", "b < b1", "t < T", "t >= 0", "s < slices", "k < G")
     assert [n for n in sorted(scalar) if not any(o in lines[n - 1] + lines[n - 2] for o in outer)] == []
