@@ -203,6 +203,37 @@ def test_the_whole_sequence_loop_matches_torch_with_any_thread_count(threads):
         torch.set_num_threads(before)
 
 
+@needs_sequence_loop
+def test_weights_packed_for_inference_follow_every_change_of_the_weights():
+    """Inference keeps each layer's packed weights between calls; an optimizer step (in place), a
+    replaced tensor, another batch size or another thread count must never meet a stale copy."""
+    gen = torch.Generator().manual_seed(5)
+    w_ih, w_hh = (torch.nn.Parameter(torch.randn(4 * 24, n, generator=gen) * 0.3) for n in (5, 24))
+    bias = torch.randn(4 * 24, generator=gen) * 0.3
+
+    def check(batch):
+        x, h0, c0 = torch.randn(7, batch, 5, generator=gen), torch.randn(batch, 24), torch.randn(batch, 24)
+        with torch.no_grad():
+            expected = cells.lstm_layer(x, w_ih, bias, h0, c0, w_hh, None, kernels=None)
+            torch.testing.assert_close(cells.lstm_layer(x, w_ih, bias, h0, c0, w_hh, None, kernels=compiled),
+                                       expected, rtol=1e-5, atol=1e-5)
+
+    check(4)
+    check(4)
+    with torch.no_grad():
+        w_hh.add_(0.05)  # as an optimizer step does
+    check(4)
+    w_ih.data = w_ih.data * 1.5
+    check(4)
+    check(3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        check(3)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(kernels._cpu_vendor() != "GenuineIntel" or not sys.platform.startswith("linux"),
                     reason="MKL's packed product is used on Intel CPUs")
 def test_on_an_intel_cpu_the_lstm_gets_mkls_packed_product_from_torch():
