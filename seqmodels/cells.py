@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import os
 import weakref
 
@@ -207,8 +208,7 @@ class _RNNLayer(torch.autograd.Function):
         steps, batch, inputs = x.shape
         x2d = x.reshape(steps * batch, -1)
         ctx.relu, ctx.x_shape, ctx.products, ctx.kernels = relu, x.shape, products, kernels
-        ctx.gemm = _packed_gemm() if kernels is not None and products is None and x.device.type == "cpu" \
-            and x.dtype == torch.float32 else None
+        ctx.gemm = _sequence_gemm(kernels, x) if products is None else None
         if ctx.gemm is not None:  # the whole sequence in one compiled call (_forward_sequence)
             rows = x.new_empty((steps + 1, batch, inputs + h0.shape[-1]))  # [x_t, h_t], filled by the loop
             rows[0, :, inputs:] = h0
@@ -354,7 +354,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
     cs[0] = c0
     mask_at = _mask_addresses(mask)
     doubled_bias = _doubled_cell_input(bias, hidden)
-    gemm = _packed_gemm() if products is None and x.device.type == "cpu" and x.dtype == torch.float32 else None
+    gemm = _sequence_gemm(kernels, x) if products is None else None
     if gemm is not None:
         rows = x.new_empty((steps + 1, batch, inputs + hidden))  # [x_t, h_t], filled by the loop
         rows[0, :, inputs:] = h0
@@ -542,9 +542,13 @@ def _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, produ
 _AUTO = object()
 
 
-def _packed_gemm():
-    from seqmodels import kernels
-    return kernels.packed_gemm()
+def _sequence_gemm(kernels, x: Tensor):
+    """MKL's packed product for the whole-sequence loops where they apply (compiled steps, float32 on an
+    Intel CPU: :func:`seqmodels.kernels.packed_gemm`), else None."""
+    if kernels is None or x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    from seqmodels import kernels as compiled
+    return compiled.packed_gemm()
 
 
 def _compiled_steps(*tensors: Tensor | None):
@@ -564,9 +568,8 @@ def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, w_hh: Te
     if kernels is _AUTO:
         kernels = _compiled_steps(x, w_ih, bias, h0, w_hh)
     if not _wants_grad(x, w_ih, bias, h0, w_hh):
-        if kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32:
-            if (gemm := _packed_gemm()) is not None:
-                return _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, ("rnn", nonlinearity == "relu"))
+        if (gemm := _sequence_gemm(kernels, x)) is not None:
+            return _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, ("rnn", nonlinearity == "relu"))
         if kernels is not None:
             relu = int(nonlinearity == "relu")
 
@@ -586,9 +589,8 @@ def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, h0: Tensor, c0: Ten
     if kernels is _AUTO:
         kernels = _compiled_steps(x, w_ih, bias, h0, c0, w_hh)
     if not _wants_grad(x, w_ih, bias, h0, c0, w_hh):
-        if kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32:
-            if (gemm := _packed_gemm()) is not None:
-                return _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, ("lstm", c0))
+        if (gemm := _sequence_gemm(kernels, x)) is not None:
+            return _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, ("lstm", c0))
         if kernels is not None and _uses_onednn(x):
             return _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask)
         return _lstm_inference(x, w_ih, bias, h0, c0, w_hh, mask)
@@ -743,8 +745,8 @@ class _Slices:
         threads = torch.get_num_threads() if kernels.kernels_openmp() else 1
         count = max(1, min(threads, hidden // 8))
         bounds = [hidden * s // count for s in range(count + 1)]
-        self.count, self.widest = count, max(b - a for a, b in zip(bounds, bounds[1:]))
-        self.packed = [gemm.pack(rows_of(u0, u1), batch) for u0, u1 in zip(bounds, bounds[1:])]
+        self.count, self.widest = count, max(b - a for a, b in itertools.pairwise(bounds))
+        self.packed = [gemm.pack(rows_of(u0, u1), batch) for u0, u1 in itertools.pairwise(bounds)]
         self.addresses = (ctypes.c_void_p * count)(*[p.data_ptr() for p in self.packed])
         self.bounds = torch.tensor(bounds, dtype=torch.int64)
 
