@@ -341,6 +341,23 @@ int64_t kernels_openmp(void) {
 #endif
 }
 
+/* This thread's number in its team, and the team's size (0 and 1 without OpenMP). */
+static inline int64_t thread_number(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static inline int64_t team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 /* Past |x| = 25 a sigmoid is 0 or 1 to within 1.4e-11; clamping there keeps the products of
    (1 + e^-x) below float's range. Comparisons that keep NaN, as above. */
 static inline float clamp25(float x) {
@@ -432,11 +449,7 @@ static void cell_sequence(int64_t cell, void *compute_fn, void *threads_fn, int6
         widest = bounds[s + 1] - bounds[s] > widest ? bounds[s + 1] - bounds[s] : widest;
     #pragma omp parallel num_threads(slices)
     {
-#ifdef _OPENMP
-        const int64_t p = omp_get_thread_num(), threads = omp_get_num_threads();
-#else
-        const int64_t p = 0, threads = 1;
-#endif
+        const int64_t p = thread_number(), threads = team_size();
         /* inside a parallel region of our own, MKL would otherwise start threads of its own */
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
         float *gates = scratch + p * B * G * widest;
@@ -534,11 +547,7 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
     const int64_t G = cell == CELL_LSTM ? 4 : 1;
     #pragma omp parallel num_threads(slices)
     {
-#ifdef _OPENMP
-        const int64_t p = omp_get_thread_num(), threads = omp_get_num_threads();
-#else
-        const int64_t p = 0, threads = 1;
-#endif
+        const int64_t p = thread_number(), threads = team_size();
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
         for (int64_t t = T - 1; t >= 0; t--) {
             float *a_t = acts + t * B * G * H;
