@@ -19,9 +19,9 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
 * on an Intel CPU the LSTM's and the RNN's forward passes (training and inference) and backward passes
   are each one compiled call for the whole sequence, the recurrent products included (MKL's packed
   product, taken from the MKL inside torch), each thread owning a slice of the hidden units: no per-step
-  dispatch and one meeting of the threads a step (the GRU's reset gate sits between its recurrent
-  product and its input's, which this loop's one product per step cannot express; it keeps its
-  per-step loop);
+  dispatch and one meeting of the threads a step. The GRU's inference too, one call per chunk of steps
+  whose input projection is made first (its reset gate multiplies the recurrent product alone, so the
+  two products cannot be one); its training keeps the per-step loop;
 * in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
   arithmetic, the matrix products take bfloat16 inputs (``products``); everything else, the gate
   arithmetic and the cell state above all, stays in float32, and so does evaluation, whose
@@ -605,6 +605,8 @@ def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
     if kernels is _AUTO:
         kernels = _compiled_steps(x, w_ih, b_ih, h0, w_hh, b_hh)
     if not _wants_grad(x, w_ih, b_ih, h0, w_hh, b_hh):
+        if (gemm := _sequence_gemm(kernels, x)) is not None:
+            return _gru_inference_sequence(kernels, gemm, x, w_ih, b_ih, h0, w_hh, b_hh, mask)
         if kernels is not None:
             return _inference_compiled(kernels.gru_infer_step, x, w_ih, b_ih, h0, w_hh, b_hh, mask)
         return _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask)
@@ -758,6 +760,25 @@ class _Slices:
 _packed_for_inference: dict[int, tuple] = {}
 
 
+def _weight_slices(kernels, gemm, weight: Tensor, w_ih: Tensor | None, w_hh: Tensor, gates: int, batch: int,
+                   keep: bool) -> _Slices:
+    """``weight`` (``gates`` blocks of ``hidden`` rows, made from ``w_ih`` and ``w_hh``) packed in the threads'
+    slices; ``keep``: look it up in, and keep it in, :data:`_packed_for_inference`."""
+    hidden = w_hh.shape[1]
+    stamp = (gates, batch, torch.get_num_threads(), w_hh.data_ptr(), w_hh._version,
+             None if w_ih is None else (w_ih.data_ptr(), w_ih._version))
+    kept = _packed_for_inference.get(id(w_hh)) if keep else None
+    if kept is not None and kept[0] == stamp:
+        return kept[1]
+    slices = _Slices(kernels, gemm, hidden, batch, lambda u0, u1: torch.cat(
+        [weight[g * hidden + u0: g * hidden + u1] for g in range(gates)]))
+    if keep:
+        if kept is None:
+            weakref.finalize(w_hh, _packed_for_inference.pop, id(w_hh), None)
+        _packed_for_inference[id(w_hh)] = stamp, slices
+    return slices
+
+
 def _mask_bytes(mask: Tensor | None) -> Tensor | None:
     """``mask`` ``(T, B, 1)`` as the compiled sequence loops read it: one byte per step and sequence."""
     return None if mask is None else mask.reshape(mask.shape[:2]).to(torch.uint8).contiguous()
@@ -783,16 +804,7 @@ def _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell, trai
         weight = _doubled_cell_input(weight, hidden)
         bias = None if bias is None else _doubled_cell_input(bias, hidden)
     bias = x.new_zeros(gates * hidden) if bias is None else bias.contiguous()
-    slices = _packed_for_inference.get(id(w_hh)) if training is None else None
-    stamp = (gates, w_ih.data_ptr(), w_ih._version, w_hh.data_ptr(), w_hh._version, batch, torch.get_num_threads())
-    if slices is None or slices[0] != stamp:
-        if training is None and slices is None:
-            weakref.finalize(w_hh, _packed_for_inference.pop, id(w_hh), None)
-        slices = stamp, _Slices(kernels, gemm, hidden, batch, lambda u0, u1: torch.cat(
-            [weight[g * hidden + u0: g * hidden + u1] for g in range(gates)]))
-        if training is None:
-            _packed_for_inference[id(w_hh)] = slices
-    slices = slices[1]
+    slices = _weight_slices(kernels, gemm, weight, w_ih, w_hh, gates, batch, keep=training is None)
     x = x.contiguous()
     out = x.new_empty((steps, batch, hidden))
     scratch = x.new_empty((slices.count, batch, gates * slices.widest))
@@ -847,6 +859,31 @@ def _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, cell):
         return out, rows[steps % 2, :, inputs:].clone(), c
     out = _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell)
     return out, rows[steps % 2, :, inputs:].clone()
+
+
+def _gru_inference_sequence(kernels, gemm, x, w_ih, b_ih, h0, w_hh, b_hh, mask):
+    """:func:`_gru_inference` with the recurrence of each chunk of steps in one compiled call (``kernels.c``,
+    ``gru_infer_sequence``), the products through ``W_hh`` included, in the threads' slices of the hidden
+    units; the input's projection is made a chunk at a time before it, since the reset gate multiplies
+    the recurrent product alone."""
+    steps, batch, _ = x.shape
+    hidden = h0.shape[-1]
+    slices = _weight_slices(kernels, gemm, w_hh, None, w_hh, 3, batch, keep=True)
+    b_hh = x.new_zeros(3 * hidden) if b_hh is None else b_hh.contiguous()
+    out = x.new_empty((steps, batch, hidden))
+    hs = x.new_empty((2, batch, hidden))  # this step's state and the next
+    hs[0] = h0
+    scratch = x.new_empty((slices.count, batch, 3 * slices.widest))
+    mask_bytes = _mask_bytes(mask)
+    for start, proj in _projected_chunks(x, w_ih, b_ih):  # contiguous: F.linear's output
+        n = len(proj)
+        kernels.gru_infer_sequence(gemm.compute, gemm.threads_local, slices.count, n, batch, hidden,
+                                   proj.data_ptr(), hs.data_ptr(), slices.addresses,
+                                   slices.bounds.data_ptr(), b_hh.data_ptr(), out[start].data_ptr(),
+                                   None if mask_bytes is None else mask_bytes[start].data_ptr(), scratch.data_ptr())
+        if n % 2:  # the chunk's last state is in hs[1]; the next chunk starts from hs[0]
+            hs[0] = hs[1]
+    return out, hs[0].clone()
 
 
 def _gru_inference(x, w_ih, b_ih, h0, w_hh, b_hh, mask):

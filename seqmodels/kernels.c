@@ -358,6 +358,13 @@ static inline int64_t team_size(void) {
 #endif
 }
 
+static int64_t widest_slice(int64_t slices, const int64_t *bounds) {
+    int64_t widest = 0;
+    for (int64_t s = 0; s < slices; s++)
+        widest = bounds[s + 1] - bounds[s] > widest ? bounds[s + 1] - bounds[s] : widest;
+    return widest;
+}
+
 /* Past |x| = 25 a sigmoid is 0 or 1 to within 1.4e-11; clamping there keeps the products of
    (1 + e^-x) below float's range. Comparisons that keep NaN, as above. */
 static inline float clamp25(float x) {
@@ -444,9 +451,7 @@ static void cell_sequence(int64_t cell, void *compute_fn, void *threads_fn, int6
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
     const int64_t K = I + H, G = cell == CELL_LSTM ? 4 : 1, training = acts != NULL;
-    int64_t widest = 0;
-    for (int64_t s = 0; s < slices; s++)
-        widest = bounds[s + 1] - bounds[s] > widest ? bounds[s + 1] - bounds[s] : widest;
+    const int64_t widest = widest_slice(slices, bounds);
     #pragma omp parallel num_threads(slices)
     {
         const int64_t p = thread_number(), threads = team_size();
@@ -597,4 +602,63 @@ void rnn_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, i
                            const float *d_out, float *dh, float *carry, const uint8_t *mask) {
     cell_backward_sequence(relu ? CELL_RNN_RELU : CELL_RNN_TANH, compute_fn, threads_fn, slices, T, B, H, packed,
                            bounds, acts, NULL, NULL, d_out, NULL, dh, carry, mask);
+}
+
+/* A GRU's inference over n_steps steps, the recurrent products included, with the threads' slices of the
+   hidden units as above. Its reset gate multiplies the recurrent product alone, so the input's
+   projection comes in precomputed: proj (n_steps, B, 3H) = x W_ih^T + b_ih, gates r, z, n. hs: two
+   alternating (B, H) states, hs[0] = h on entry, the last left in hs[n_steps % 2]. packed[s]: slice s's
+   rows of W_hh (r's, z's, n's for units bounds[s] .. bounds[s + 1]), packed as the B operand of a
+   (B x H) product. b_hh: (3H). out: (n_steps, B, H). mask: (n_steps, B) bytes or NULL. scratch:
+   (slices, B, 3 * widest slice) floats. */
+/* n units of a GRU row: p, the input's projection (gates H apart); r_, the recurrent product of the
+   slice (gates n apart), without b_hh (bias, gates H apart). */
+static inline __attribute__((always_inline)) void gru_slice_row(
+        int64_t n, int64_t H, const float *restrict p, const float *restrict r_, const float *restrict bias,
+        const float *restrict hp, float *restrict hn, float *restrict o_) {
+    for (int64_t j = 0; j < n; j++) {
+        float r = sigmoid_f32(p[j] + r_[j] + bias[j]);
+        float z = sigmoid_f32(p[H + j] + r_[n + j] + bias[H + j]);
+        float c = tanh_f32(p[2 * H + j] + r * (r_[2 * n + j] + bias[2 * H + j]));
+        float y = c + z * (hp[j] - c);
+        hn[j] = y;
+        o_[j] = y;
+    }
+}
+
+void gru_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
+                        const float *proj, float *hs, const float *const *packed, const int64_t *bounds,
+                        const float *b_hh, float *out, const uint8_t *mask, float *scratch) {
+    sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
+    mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
+    const int64_t widest = widest_slice(slices, bounds);
+    #pragma omp parallel num_threads(slices)
+    {
+        const int64_t p = thread_number(), threads = team_size();
+        const int previous = threads > 1 ? mkl_threads_local(1) : 0;
+        float *rec = scratch + p * B * 3 * widest;
+        for (int64_t t = 0; t < T; t++) {
+            const float *h = hs + (t & 1) * B * H;
+            float *next = hs + ((t + 1) & 1) * B * H;
+            const uint8_t *m = mask ? mask + t * B : NULL;
+            for (int64_t s = p; s < slices; s += threads) {
+                const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
+                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)(3 * n), (int)H, h, (int)H,
+                        packed[s], (int)(3 * n), 0.0f, rec, (int)(3 * n));
+                for (int64_t b = 0; b < B; b++) {
+                    const float *hp = h + b * H + u0, *pr = proj + (t * B + b) * 3 * H + u0, *rr = rec + b * 3 * n;
+                    float *hn = next + b * H + u0, *o_ = out + (t * B + b) * H + u0;
+                    if (m && !m[b]) {
+                        memcpy(hn, hp, (size_t)n * sizeof(float));
+                        memset(o_, 0, (size_t)n * sizeof(float));
+                        continue;
+                    }
+                    gru_slice_row(n, H, pr, rr, b_hh + u0, hp, hn, o_);
+                }
+            }
+            #pragma omp barrier
+        }
+        if (threads > 1)
+            mkl_threads_local(previous);
+    }
 }

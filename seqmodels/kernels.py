@@ -51,6 +51,7 @@ _SIGNATURES = {
     "lstm_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10,
     "rnn_sequence": [_ptr, _ptr] + [_i64] * 6 + [_ptr] * 9,
     "rnn_backward_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 7,
+    "gru_infer_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 8,
     "kernels_openmp": [],
 }
 

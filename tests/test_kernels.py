@@ -168,8 +168,8 @@ def test_compiled_step_keeps_nan_and_infinity():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_the_whole_sequence_loop_matches_torch_with_any_thread_count(threads):
     """Its threads split the hidden units: more threads than slices, fewer, or one, give the same numbers
-    as torch's own LSTM in inference and as the torch form in training (gradients included), ragged
-    batches included, and an empty sequence in inference."""
+    as torch's own LSTM and GRU in inference and as the torch form in training (gradients included),
+    ragged batches included, and an empty sequence in inference."""
     gen = torch.Generator().manual_seed(threads)
     lstm = torch.nn.LSTM(6, 40)
     w_ih, w_hh = lstm.weight_ih_l0.detach(), lstm.weight_hh_l0.detach()
@@ -193,6 +193,15 @@ def test_the_whole_sequence_loop_matches_torch_with_any_thread_count(threads):
                 ragged, h_r, c_r = cells.lstm_layer(x, w_ih, bias, h0, c0, w_hh, mask, kernels=None)
                 got = cells.lstm_layer(x, w_ih, bias, h0, c0, w_hh, mask, kernels=compiled)
                 torch.testing.assert_close(got, (ragged, h_r, c_r), rtol=1e-5, atol=1e-5)
+                gru = torch.nn.GRU(6, 40)
+                g_w = [t.detach() for t in (gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0)]
+                g_out, g_hn = cells.gru_layer(x, g_w[0], g_w[1], h0, g_w[2], g_w[3], None, kernels=compiled)
+                if steps:
+                    expected, g_ref = gru(x, h0[None])
+                    torch.testing.assert_close((g_out, g_hn), (expected, g_ref[0]), rtol=1e-5, atol=1e-5)
+                got = cells.gru_layer(x, g_w[0], g_w[1], h0, g_w[2], g_w[3], mask, kernels=compiled)
+                want = cells.gru_layer(x, g_w[0], g_w[1], h0, g_w[2], g_w[3], mask, kernels=None)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             if not steps:
                 continue  # training takes at least one step
             params = [x, w_ih.detach(), bias.detach(), h0, c0, w_hh.detach()]
