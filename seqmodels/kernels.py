@@ -155,6 +155,14 @@ def _load(library: Path) -> ctypes.CDLL | None:
 def _agrees(lib: ctypes.CDLL) -> bool:
     """A few masked steps through ``lib`` against the torch form of the equations: every cell's forward,
     backward and inference (the RNN's with tanh and with relu)."""
+    # The first use may come under torch.inference_mode (Lightning's evaluation and predict loops), whose
+    # tensors cannot record a backward pass: the check's training half then failed, and the kernels were
+    # switched off for the whole process with a warning to report the CPU.
+    with torch.inference_mode(False):
+        return _agrees_outside_inference_mode(lib)
+
+
+def _agrees_outside_inference_mode(lib: ctypes.CDLL) -> bool:
     from seqmodels import cells  # cells imports this module lazily, so no cycle at import time
 
     gen = torch.Generator().manual_seed(0)

@@ -295,6 +295,18 @@ def test_without_a_working_compiler_the_torch_form_runs_and_a_broken_one_is_name
 
 
 @needs_compiled
+def test_a_first_use_under_inference_mode_keeps_the_compiled_steps(tmp_path):
+    """Lightning evaluates and predicts under torch.inference_mode: a `main.py test` or `predict` in a new
+    process first reaches the kernels there, and their self-check must still pass."""
+    code = ("import torch\nwith torch.inference_mode():\n    from seqmodels import kernels\n"
+            "    print(kernels.load() is not None)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SEQMODELS_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True" and "disagree" not in done.stderr, done.stderr
+
+
+@needs_compiled
 def test_the_build_is_cached_and_a_corrupt_cache_is_rebuilt(tmp_path):
     env = {"SEQMODELS_CACHE_DIR": str(tmp_path)}
     assert _load_in_a_fresh_process(env) == "True"
