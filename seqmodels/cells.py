@@ -16,12 +16,12 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   the RNN's) is one call into a small C loop (``kernels.c``, compiled on first use by
   :mod:`seqmodels.kernels`) for float32 on the CPU where a C compiler is at hand; the torch form
   below stays the reference and the fallback, and the two agree to float32 rounding;
-* on an Intel CPU the LSTM's and the RNN's forward passes (training and inference) and backward passes
-  are each one compiled call for the whole sequence, the recurrent products included (MKL's packed
-  product, taken from the MKL inside torch), each thread owning a slice of the hidden units: no per-step
-  dispatch and one meeting of the threads a step. The GRU's inference too, one call per chunk of steps
-  whose input projection is made first (its reset gate multiplies the recurrent product alone, so the
-  two products cannot be one); its training keeps the per-step loop;
+* on an Intel CPU every cell's forward pass (training and inference) and backward pass is one compiled
+  call for the whole sequence, the recurrent products included (MKL's packed product, taken from the
+  MKL inside torch), each thread owning a slice of the hidden units: no per-step dispatch and one
+  meeting of the threads a step. The LSTM and the RNN multiply ``[x_t, h]`` in one product a step; the
+  GRU's reset gate multiplies the recurrent product alone, so its input projection is made first (in
+  inference a chunk of steps at a time, a call per chunk);
 * in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
   arithmetic, the matrix products take bfloat16 inputs (``products``); everything else, the gate
   arithmetic and the cell state above all, stays in float32, and so does evaluation, whose
@@ -464,6 +464,12 @@ class _GRULayer(torch.autograd.Function):
         hns = x.new_empty((steps, *h0.shape))  # W_hn h + b_hn, for the reset gate's gradient
         hs = x.new_empty((steps + 1, *h0.shape))
         hs[0] = h0
+        ctx.has_b_hh, ctx.x_shape, ctx.products, ctx.kernels = b_hh is not None, x.shape, products, kernels
+        ctx.gemm = _sequence_gemm(kernels, x) if products is None else None
+        if ctx.gemm is not None:  # the whole recurrence in one compiled call
+            out = _gru_sequence(kernels, ctx.gemm, acts, hs, w_hh, b_hh, mask, hns)
+            ctx.save_for_backward(x2d, w_ih, acts, hns, hs, w_hh, mask)
+            return out, hs[-1].clone()
         w = _step_weight(w_hh, batch, products)
         mask_at = _mask_addresses(mask)
         for t in range(steps):
@@ -480,7 +486,6 @@ class _GRULayer(torch.autograd.Function):
                 torch.where(mask[t], h_new, h, out=h_new)
         out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hns, hs, w_hh, mask)
-        ctx.has_b_hh, ctx.x_shape, ctx.products, ctx.kernels = b_hh is not None, x.shape, products, kernels
         return out, hs[-1].clone()
 
     @staticmethod
@@ -488,14 +493,17 @@ class _GRULayer(torch.autograd.Function):
         _once(ctx)
         x2d, w_ih, acts, hns, hs, w_hh, mask = ctx.saved_tensors
         steps, batch, _ = acts.shape
-        w_t = _step_weight(w_hh.t(), batch, ctx.products)
         d_hp = torch.empty_like(acts)  # gradient w.r.t. W_hh h + b_hh
-        if ctx.kernels is not None:
+        if ctx.gemm is not None:
+            dh = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn_final, mask, gru=(hns, hs, d_hp))
+        elif ctx.kernels is not None:
+            w_t = _step_weight(w_hh.t(), batch, ctx.products)
             hidden = acts.shape[2] // 3
             dh = _backward_compiled(lambda t, *a: ctx.kernels.gru_backward_step(
                 batch, hidden, acts[t].data_ptr(), hns[t].data_ptr(), hs[t].data_ptr(), d_hp[t].data_ptr(), *a),
                 d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
         else:
+            w_t = _step_weight(w_hh.t(), batch, ctx.products)
             dh = _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
         d_x, d_w_ih, d_b_ih, _ = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih)
         flat_d_hp = d_hp.view(steps * batch, -1)
@@ -821,11 +829,13 @@ def _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell, trai
     return out
 
 
-def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, relu=False):
-    """The backward pass of :func:`_forward_sequence`'s training forward in one compiled call, the
-    products through ``W_hh`` included, with the same slices of the hidden units: ``acts`` becomes the
-    pre-activations' gradient. ``lstm``: ``(cs, tanh_cs, d_cn)`` for an LSTM, None for an RNN (``relu``
-    its activation). Returns the gradient reaching ``h0``, and for an LSTM the one reaching ``c0``."""
+def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, relu=False, gru=None):
+    """The backward pass of :func:`_forward_sequence`'s or :func:`_gru_sequence`'s training forward in one
+    compiled call, the products through ``W_hh`` included, with the same slices of the hidden units:
+    ``acts`` becomes the (input-side) pre-activations' gradient. ``lstm``: ``(cs, tanh_cs, d_cn)`` for an
+    LSTM; ``gru``: ``(rec_n, hs, d_rec)`` for a GRU, ``d_rec`` receiving the recurrent products'
+    gradient; neither for an RNN (``relu`` its activation). Returns the gradient reaching ``h0``, and for
+    an LSTM the one reaching ``c0``."""
     steps, batch, _ = acts.shape
     hidden = w_hh.shape[1]
     slices = _Slices(kernels, gemm, hidden, batch, lambda u0, u1: w_hh[:, u0:u1].t())
@@ -834,6 +844,12 @@ def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, 
     carry = torch.zeros_like(dh)
     mask_bytes = _mask_bytes(mask)
     common = (gemm.compute, gemm.threads_local, slices.count, steps, batch, hidden)
+    if gru is not None:
+        rec_n, hs, d_rec = gru
+        kernels.gru_backward_sequence(*common, slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
+                                      rec_n.data_ptr(), hs.data_ptr(), d_rec.data_ptr(), d_out.data_ptr(),
+                                      dh.data_ptr(), carry.data_ptr(), _address(mask_bytes))
+        return dh.add_(carry)
     if lstm is None:
         kernels.rnn_backward_sequence(*common, int(relu), slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
                                       d_out.data_ptr(), dh.data_ptr(), carry.data_ptr(), _address(mask_bytes))
@@ -861,26 +877,39 @@ def _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, cell):
     return out, rows[steps % 2, :, inputs:].clone()
 
 
+def _gru_sequence(kernels, gemm, gates, hs, w_hh, b_hh, mask, rec_n=None):
+    """A GRU's recurrence over ``gates`` ``(T, B, 3H)``, the input's projection (``kernels.c``,
+    ``gru_sequence``), in one compiled call: ``hs`` holds h0 in ``hs[0]`` and receives the states (two
+    alternating ones in inference, ``rec_n`` None; every step's in training, where ``gates`` receives the
+    activated r, z, n and ``rec_n`` ``W_hn h + b_hn``). Returns the outputs."""
+    steps, batch, gates_width = gates.shape
+    hidden = gates_width // 3
+    slices = _weight_slices(kernels, gemm, w_hh, None, w_hh, 3, batch, keep=rec_n is None)
+    b_hh = gates.new_zeros(3 * hidden) if b_hh is None else b_hh.contiguous()
+    out = gates.new_empty((steps, batch, hidden))
+    scratch = gates.new_empty((slices.count, batch, 3 * slices.widest))
+    mask_bytes = _mask_bytes(mask)  # held: the call gets its address only
+    entry = kernels.gru_infer_sequence if rec_n is None else kernels.gru_forward_sequence
+    args = [gemm.compute, gemm.threads_local, slices.count, steps, batch, hidden, gates.data_ptr(), hs.data_ptr()]
+    if rec_n is not None:
+        args.append(rec_n.data_ptr())
+    entry(*args, slices.addresses, slices.bounds.data_ptr(), b_hh.data_ptr(), out.data_ptr(), _address(mask_bytes),
+          scratch.data_ptr())
+    return out
+
+
 def _gru_inference_sequence(kernels, gemm, x, w_ih, b_ih, h0, w_hh, b_hh, mask):
-    """:func:`_gru_inference` with the recurrence of each chunk of steps in one compiled call (``kernels.c``,
-    ``gru_infer_sequence``), the products through ``W_hh`` included, in the threads' slices of the hidden
-    units; the input's projection is made a chunk at a time before it, since the reset gate multiplies
-    the recurrent product alone."""
-    steps, batch, _ = x.shape
-    hidden = h0.shape[-1]
-    slices = _weight_slices(kernels, gemm, w_hh, None, w_hh, 3, batch, keep=True)
-    b_hh = x.new_zeros(3 * hidden) if b_hh is None else b_hh.contiguous()
-    out = x.new_empty((steps, batch, hidden))
-    hs = x.new_empty((2, batch, hidden))  # this step's state and the next
+    """:func:`_gru_inference` with the recurrence of each chunk of steps in one compiled call
+    (:func:`_gru_sequence`), the input's projection made a chunk at a time before it, since the reset
+    gate multiplies the recurrent product alone."""
+    steps = x.shape[0]
+    out = x.new_empty((steps, *h0.shape))
+    hs = x.new_empty((2, *h0.shape))  # this step's state and the next
     hs[0] = h0
-    scratch = x.new_empty((slices.count, batch, 3 * slices.widest))
-    mask_bytes = _mask_bytes(mask)
     for start, proj in _projected_chunks(x, w_ih, b_ih):  # contiguous: F.linear's output
         n = len(proj)
-        kernels.gru_infer_sequence(gemm.compute, gemm.threads_local, slices.count, n, batch, hidden,
-                                   proj.data_ptr(), hs.data_ptr(), slices.addresses,
-                                   slices.bounds.data_ptr(), b_hh.data_ptr(), out[start].data_ptr(),
-                                   None if mask_bytes is None else mask_bytes[start].data_ptr(), scratch.data_ptr())
+        out[start: start + n] = _gru_sequence(kernels, gemm, proj, hs, w_hh, b_hh,
+                                              None if mask is None else mask[start: start + n])
         if n % 2:  # the chunk's last state is in hs[1]; the next chunk starts from hs[0]
             hs[0] = hs[1]
     return out, hs[0].clone()

@@ -265,9 +265,9 @@ void gru_forward_step(int64_t B, int64_t H, float *gates, const float *rec, floa
    reaches h_{t-1} other than through the recurrent product (z times it, or all of it at a masked
    step), to be added after the next product. */
 static inline __attribute__((always_inline)) void gru_backward_row(
-        int64_t H, float *restrict a, const float *restrict rn, const float *restrict hp,
+        int64_t n, int64_t H, float *restrict a, const float *restrict rn, const float *restrict hp,
         const float *restrict dr, float *restrict cr, const float *restrict dout, float *restrict drec) {
-    for (int64_t j = 0; j < H; j++) {
+    for (int64_t j = 0; j < n; j++) {
         float d = dr[j] + cr[j] + dout[j];
         float r = a[j], z = a[H + j], n = a[2 * H + j];
         float d_n = d * (1.0f - z) * (1.0f - n * n);
@@ -290,7 +290,7 @@ void gru_backward_step(int64_t B, int64_t H, float *gates, const float *rec_n, c
             for (int64_t j = 0; j < 3 * H; j++) { a[j] = 0.0f; drec[j] = 0.0f; }
             continue;
         }
-        gru_backward_row(H, a, rec_n + b * H, h_prev + b * H, dr, cr, d_out + b * H, drec);
+        gru_backward_row(H, H, a, rec_n + b * H, h_prev + b * H, dr, cr, d_out + b * H, drec);
     }
 }
 
@@ -604,59 +604,143 @@ void rnn_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, i
                            bounds, acts, NULL, NULL, d_out, NULL, dh, carry, mask);
 }
 
-/* A GRU's inference over n_steps steps, the recurrent products included, with the threads' slices of the
-   hidden units as above. Its reset gate multiplies the recurrent product alone, so the input's
-   projection comes in precomputed: proj (n_steps, B, 3H) = x W_ih^T + b_ih, gates r, z, n. hs: two
-   alternating (B, H) states, hs[0] = h on entry, the last left in hs[n_steps % 2]. packed[s]: slice s's
-   rows of W_hh (r's, z's, n's for units bounds[s] .. bounds[s + 1]), packed as the B operand of a
-   (B x H) product. b_hh: (3H). out: (n_steps, B, H). mask: (n_steps, B) bytes or NULL. scratch:
-   (slices, B, 3 * widest slice) floats. */
-/* n units of a GRU row: p, the input's projection (gates H apart); r_, the recurrent product of the
-   slice (gates n apart), without b_hh (bias, gates H apart). */
-static inline __attribute__((always_inline)) void gru_slice_row(
-        int64_t n, int64_t H, const float *restrict p, const float *restrict r_, const float *restrict bias,
-        const float *restrict hp, float *restrict hn, float *restrict o_) {
-    for (int64_t j = 0; j < n; j++) {
-        float r = sigmoid_f32(p[j] + r_[j] + bias[j]);
-        float z = sigmoid_f32(p[H + j] + r_[n + j] + bias[H + j]);
-        float c = tanh_f32(p[2 * H + j] + r * (r_[2 * n + j] + bias[2 * H + j]));
-        float y = c + z * (hp[j] - c);
-        hn[j] = y;
-        o_[j] = y;
+/* n units of a GRU row: p, the input's projection (gates H apart); r_, the slice's recurrent product
+   (gates n apart) without b_hh (`bias`, gates H apart). In training (KEEP) the activated r, z, n are
+   written over the projection and W_hn h + b_hn kept in `rn`, for the backward pass. */
+#define GRU_SLICE_ROW_BODY(KEEP)                                           \
+    for (int64_t j = 0; j < n; j++) {                                      \
+        float r = sigmoid_f32(p[j] + r_[j] + bias[j]);                     \
+        float z = sigmoid_f32(p[H + j] + r_[n + j] + bias[H + j]);         \
+        float hn_ = r_[2 * n + j] + bias[2 * H + j];                       \
+        float c = tanh_f32(p[2 * H + j] + r * hn_);                        \
+        float y = c + z * (hp[j] - c);                                     \
+        if (KEEP) { p[j] = r; p[H + j] = z; p[2 * H + j] = c; rn[j] = hn_; } \
+        hn[j] = y;                                                         \
+        o_[j] = y;                                                         \
     }
+
+static inline __attribute__((always_inline)) void gru_slice_row(
+        int64_t n, int64_t H, float *restrict p, const float *restrict r_, const float *restrict bias,
+        const float *restrict hp, float *restrict hn, float *restrict o_) {
+    float *rn = NULL;
+    GRU_SLICE_ROW_BODY(0)
+    (void)rn;
 }
 
-void gru_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
-                        const float *proj, float *hs, const float *const *packed, const int64_t *bounds,
-                        const float *b_hh, float *out, const uint8_t *mask, float *scratch) {
+static inline __attribute__((always_inline)) void gru_training_slice_row(
+        int64_t n, int64_t H, float *restrict p, const float *restrict r_, const float *restrict bias,
+        const float *restrict hp, float *restrict hn, float *restrict o_, float *restrict rn) {
+    GRU_SLICE_ROW_BODY(1)
+}
+
+/* A GRU's forward over T steps, for inference (rec_n NULL) or training, the recurrent products
+   included, with the threads' slices of the hidden units as above. Its reset gate multiplies the
+   recurrent product alone, so the input's projection comes in precomputed: gates (T, B, 3H) = x W_ih^T
+   + b_ih, r, z, n; in training overwritten with the activated r, z, n (kept for the backward pass, with
+   rec_n (T, B, H) = W_hn h + b_hn). hs: the states, in inference two that alternate, hs[0] = h on entry
+   and the last left in hs[T % 2]; in training T + 1 (B, H) of them, hs[0] = h0. packed[s]: slice s's
+   rows of W_hh (r's, z's, n's for units bounds[s] .. bounds[s + 1]), packed as the B operand of a
+   (B x H) product. b_hh: (3H). out: (T, B, H). mask: (T, B) bytes or NULL. scratch: (slices, B,
+   3 * widest slice) floats. */
+static void gru_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
+                         float *gates, float *hs, float *rec_n, const float *const *packed, const int64_t *bounds,
+                         const float *b_hh, float *out, const uint8_t *mask, float *scratch) {
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
-    const int64_t widest = widest_slice(slices, bounds);
+    const int64_t widest = widest_slice(slices, bounds), training = rec_n != NULL;
     #pragma omp parallel num_threads(slices)
     {
         const int64_t p = thread_number(), threads = team_size();
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
         float *rec = scratch + p * B * 3 * widest;
         for (int64_t t = 0; t < T; t++) {
-            const float *h = hs + (t & 1) * B * H;
-            float *next = hs + ((t + 1) & 1) * B * H;
+            const float *h = hs + (training ? t : t & 1) * B * H;
+            float *next = hs + (training ? t + 1 : (t + 1) & 1) * B * H;
             const uint8_t *m = mask ? mask + t * B : NULL;
             for (int64_t s = p; s < slices; s += threads) {
                 const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
+                const size_t bytes = (size_t)n * sizeof(float);
                 compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)(3 * n), (int)H, h, (int)H,
                         packed[s], (int)(3 * n), 0.0f, rec, (int)(3 * n));
                 for (int64_t b = 0; b < B; b++) {
-                    const float *hp = h + b * H + u0, *pr = proj + (t * B + b) * 3 * H + u0, *rr = rec + b * 3 * n;
-                    float *hn = next + b * H + u0, *o_ = out + (t * B + b) * H + u0;
+                    const float *hp = h + b * H + u0, *rr = rec + b * 3 * n;
+                    float *a = gates + (t * B + b) * 3 * H + u0, *hn = next + b * H + u0, *o_ = out + (t * B + b) * H + u0;
+                    float *rn = training ? rec_n + (t * B + b) * H + u0 : NULL;
                     if (m && !m[b]) {
-                        memcpy(hn, hp, (size_t)n * sizeof(float));
-                        memset(o_, 0, (size_t)n * sizeof(float));
-                        continue;
+                        memcpy(hn, hp, bytes);
+                        memset(o_, 0, bytes);
+                        if (training) {
+                            memset(rn, 0, bytes);
+                            memset(a, 0, bytes); memset(a + H, 0, bytes); memset(a + 2 * H, 0, bytes);
+                        }
+                    } else if (training) {
+                        gru_training_slice_row(n, H, a, rr, b_hh + u0, hp, hn, o_, rn);
+                    } else {
+                        gru_slice_row(n, H, a, rr, b_hh + u0, hp, hn, o_);
                     }
-                    gru_slice_row(n, H, pr, rr, b_hh + u0, hp, hn, o_);
                 }
             }
             #pragma omp barrier
+        }
+        if (threads > 1)
+            mkl_threads_local(previous);
+    }
+}
+
+void gru_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
+                        float *proj, float *hs, const float *const *packed, const int64_t *bounds,
+                        const float *b_hh, float *out, const uint8_t *mask, float *scratch) {
+    gru_sequence(compute_fn, threads_fn, slices, T, B, H, proj, hs, NULL, packed, bounds, b_hh, out, mask, scratch);
+}
+
+void gru_forward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
+                          float *gates, float *hs, float *rec_n, const float *const *packed, const int64_t *bounds,
+                          const float *b_hh, float *out, const uint8_t *mask, float *scratch) {
+    gru_sequence(compute_fn, threads_fn, slices, T, B, H, gates, hs, rec_n, packed, bounds, b_hh, out, mask, scratch);
+}
+
+/* The backward pass of gru_forward_sequence, from the last step to the first, as cell_backward_sequence:
+   every slice's gradients (gru_backward_row's, in the slice's columns), the threads meet, then each
+   slice's share of the gradient reaching h_{t-1} through the products, d_rec[t] (B x 3H) @ W_hh[:, slice].
+   gates: the activated r, z, n, overwritten with their input-side pre-activations' gradients; d_rec
+   (T, B, 3H) receives the recurrent products' gradients; rec_n and hs as the forward left them. dh, carry
+   and mask as in cell_backward_sequence (carry also takes the path through z). */
+void gru_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
+                           const float *const *packed, const int64_t *bounds, float *gates, const float *rec_n,
+                           const float *hs, float *d_rec, const float *d_out, float *dh, float *carry,
+                           const uint8_t *mask) {
+    sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
+    mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
+    #pragma omp parallel num_threads(slices)
+    {
+        const int64_t p = thread_number(), threads = team_size();
+        const int previous = threads > 1 ? mkl_threads_local(1) : 0;
+        for (int64_t t = T - 1; t >= 0; t--) {
+            const uint8_t *m = mask ? mask + t * B : NULL;
+            float *drec_t = d_rec + t * B * 3 * H;
+            for (int64_t s = p; s < slices; s += threads) {
+                const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
+                const size_t bytes = (size_t)n * sizeof(float);
+                for (int64_t b = 0; b < B; b++) {
+                    const int64_t row = (t * B + b) * H + u0;
+                    float *a = gates + (t * B + b) * 3 * H + u0, *drec = drec_t + b * 3 * H + u0;
+                    float *cr = carry + b * H + u0;
+                    const float *dr = dh + b * H + u0;
+                    if (m && !m[b]) {
+                        for (int64_t j = 0; j < n; j++) cr[j] += dr[j];
+                        memset(a, 0, bytes); memset(a + H, 0, bytes); memset(a + 2 * H, 0, bytes);
+                        memset(drec, 0, bytes); memset(drec + H, 0, bytes); memset(drec + 2 * H, 0, bytes);
+                        continue;
+                    }
+                    gru_backward_row(n, H, a, rec_n + row, hs + row, dr, cr, d_out + row, drec);
+                }
+            }
+            #pragma omp barrier
+            for (int64_t s = p; s < slices; s += threads) {
+                const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
+                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)n, (int)(3 * H), drec_t,
+                        (int)(3 * H), packed[s], (int)n, 0.0f, dh + u0, (int)H);
+            }
         }
         if (threads > 1)
             mkl_threads_local(previous);

@@ -52,6 +52,8 @@ _SIGNATURES = {
     "rnn_sequence": [_ptr, _ptr] + [_i64] * 6 + [_ptr] * 9,
     "rnn_backward_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 7,
     "gru_infer_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 8,
+    "gru_forward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 9,
+    "gru_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10,
     "kernels_openmp": [],
 }
 

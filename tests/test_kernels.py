@@ -52,7 +52,7 @@ needs_sequence_loop = pytest.mark.skipif(compiled is None or not sequence_loop,
 
 @pytest.fixture(params=["sequence", "per-step"])
 def compiled_loop(request, monkeypatch):
-    """Both compiled loops of the LSTM and the RNN: the whole-sequence one (Intel CPUs) and the per-step one."""
+    """Both compiled loops of each cell: the whole-sequence one (Intel CPUs) and the per-step one."""
     if request.param == "sequence" and not sequence_loop:
         pytest.skip("the whole-sequence LSTM loop runs on Intel CPUs with torch's MKL")
     if request.param == "per-step":
@@ -117,7 +117,7 @@ def test_compiled_gru_and_rnn_inference_match_the_torch_form(cell, steps, batch,
 @needs_compiled
 @pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
-def test_compiled_gru_training_matches_the_torch_form(steps, batch, inputs, hidden, ragged):
+def test_compiled_gru_training_matches_the_torch_form(steps, batch, inputs, hidden, ragged, compiled_loop):
     (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 2, ragged=ragged)
     for a, b in zip(*(_gru_or_rnn_trained("GRU", x, w_ih, bias, h0, w_hh, mask, lib) for lib in (None, compiled))):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
@@ -202,6 +202,10 @@ def test_the_whole_sequence_loop_matches_torch_with_any_thread_count(threads):
                 got = cells.gru_layer(x, g_w[0], g_w[1], h0, g_w[2], g_w[3], mask, kernels=compiled)
                 want = cells.gru_layer(x, g_w[0], g_w[1], h0, g_w[2], g_w[3], mask, kernels=None)
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            if steps:  # the GRU's training: outputs and every gradient
+                got, want = (_gru_or_rnn_trained("GRU", x, w_ih.detach(), bias.detach(), h0, w_hh.detach(), mask, lib)
+                             for lib in (compiled, None))
+                torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
             if not steps:
                 continue  # training takes at least one step
             params = [x, w_ih.detach(), bias.detach(), h0, c0, w_hh.detach()]
