@@ -212,29 +212,27 @@ class _RNNLayer(torch.autograd.Function):
         if ctx.gemm is not None:  # the whole sequence in one compiled call (_forward_sequence)
             rows = x.new_empty((steps + 1, batch, inputs + h0.shape[-1]))  # [x_t, h_t], filled by the loop
             rows[0, :, inputs:] = h0
-            acts = x.new_empty((steps, *h0.shape))
+            acts, hs = x.new_empty((steps, *h0.shape)), rows[:, :, inputs:]
             out = _forward_sequence(kernels, ctx.gemm, x, w_ih, bias, w_hh, mask, rows, ("rnn", relu), acts)
-            hs = rows[:, :, inputs:]
-            ctx.save_for_backward(x2d, w_ih, acts, hs, w_hh, mask)
-            return out, hs[-1].clone()
-        acts = _project(x2d, w_ih, bias, products).view(steps, batch, -1)  # pre-activations, then h'
-        hs = x.new_empty((steps + 1, *h0.shape))
-        hs[0] = h0
-        w = _step_weight(w_hh, batch, products)
-        mask_at = _mask_addresses(mask)
-        for t in range(steps):
-            if kernels is not None:  # the same arithmetic in one compiled call
-                rec = _step(hs[t], w, products)  # held: the call gets its address only
-                kernels.rnn_step(batch, h0.shape[-1], int(relu), acts[t].data_ptr(), rec.data_ptr(), hs[t].data_ptr(),
-                                 hs[t + 1].data_ptr(), acts[t].data_ptr(), mask_at(t))
-                continue
-            h = acts[t].add_(_step(hs[t], w, products))
-            h.relu_() if relu else h.tanh_()
-            if mask is None:
-                hs[t + 1] = h
-            else:
-                torch.where(mask[t], h, hs[t], out=hs[t + 1])
-        out = hs[1:].clone() if mask is None else hs[1:] * mask
+        else:
+            acts = _project(x2d, w_ih, bias, products).view(steps, batch, -1)  # pre-activations, then h'
+            hs = x.new_empty((steps + 1, *h0.shape))
+            hs[0] = h0
+            w = _step_weight(w_hh, batch, products)
+            mask_at = _mask_addresses(mask)
+            for t in range(steps):
+                if kernels is not None:  # the same arithmetic in one compiled call
+                    rec = _step(hs[t], w, products)  # held: the call gets its address only
+                    kernels.rnn_step(batch, h0.shape[-1], int(relu), acts[t].data_ptr(), rec.data_ptr(), hs[t].data_ptr(),
+                                     hs[t + 1].data_ptr(), acts[t].data_ptr(), mask_at(t))
+                    continue
+                h = acts[t].add_(_step(hs[t], w, products))
+                h.relu_() if relu else h.tanh_()
+                if mask is None:
+                    hs[t + 1] = h
+                else:
+                    torch.where(mask[t], h, hs[t], out=hs[t + 1])
+            out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hs, w_hh, mask)
         return out, hs[-1].clone()
 
@@ -352,45 +350,40 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
     cs = x.new_empty((steps + 1, *h0.shape))
     tanh_cs = x.new_empty((steps, *h0.shape))
     cs[0] = c0
-    mask_at = _mask_addresses(mask)
-    doubled_bias = _doubled_cell_input(bias, hidden)
     gemm = _sequence_gemm(kernels, x) if products is None else None
-    if gemm is not None:
-        rows = x.new_empty((steps + 1, batch, inputs + hidden))  # [x_t, h_t], filled by the loop
-        rows[0, :, inputs:] = h0
-        hs = rows[:, :, inputs:]
-        acts = x.new_empty((steps, batch, 4 * hidden))
-        out = _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, ("lstm", cs), (tanh_cs, acts))
-        ctx.save_for_backward(x.reshape(steps * batch, -1), w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows)
-        ctx.x_shape, ctx.products, ctx.kernels, ctx.gemm = x.shape, products, kernels, gemm
-        return out, hs[-1].clone(), cs[-1].clone()
-    if products is None and _uses_onednn(x):
+    if gemm is not None or (products is None and _uses_onednn(x)):
         rows = x.new_empty((steps + 1, batch, inputs + hidden))  # [x_t, h_t]
-        rows[:steps, :, :inputs] = x
         rows[0, :, inputs:] = h0
         hs = rows[:, :, inputs:]
         acts = x.new_empty((steps, batch, 4 * hidden))  # the activated gates, kept for the backward pass
-        w = _prepare(_doubled_cell_input(torch.cat([w_ih, w_hh], 1), hidden), batch)
-        for t in range(steps):
-            s = torch.ops.mkldnn._linear_pointwise(rows[t], w, doubled_bias, "sigmoid", [], "")
-            kernels.lstm_forward_step(batch, hidden, s.data_ptr(), acts[t].data_ptr(), cs[t].data_ptr(),
-                                      cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
-                                      hs[t + 1].data_ptr(), inputs + hidden, mask_at(t))
+    if gemm is not None:  # the loop fills in the inputs too
+        out = _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, ("lstm", cs), (tanh_cs, acts))
     else:
-        rows = None
-        hs = x.new_empty((steps + 1, *h0.shape))
-        hs[0] = h0
-        acts = _project(x.reshape(steps * batch, -1), _doubled_cell_input(w_ih, hidden), doubled_bias,
-                        products).view(steps, batch, 4 * hidden)  # activated in place
-        w = _step_weight(_doubled_cell_input(w_hh, hidden), batch, products)
-        for t in range(steps):
-            s = acts[t].add_(_step(hs[t], w, products)).sigmoid_()
-            kernels.lstm_forward_step(batch, hidden, s.data_ptr(), acts[t].data_ptr(), cs[t].data_ptr(),
-                                      cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
-                                      hs[t + 1].data_ptr(), hidden, mask_at(t))
-    out = hs[1:].clone() if mask is None else hs[1:] * mask
+        mask_at = _mask_addresses(mask)
+        doubled_bias = _doubled_cell_input(bias, hidden)
+        if products is None and _uses_onednn(x):
+            rows[:steps, :, :inputs] = x
+            w = _prepare(_doubled_cell_input(torch.cat([w_ih, w_hh], 1), hidden), batch)
+            for t in range(steps):
+                s = torch.ops.mkldnn._linear_pointwise(rows[t], w, doubled_bias, "sigmoid", [], "")
+                kernels.lstm_forward_step(batch, hidden, s.data_ptr(), acts[t].data_ptr(), cs[t].data_ptr(),
+                                          cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
+                                          hs[t + 1].data_ptr(), inputs + hidden, mask_at(t))
+        else:
+            rows = None
+            hs = x.new_empty((steps + 1, *h0.shape))
+            hs[0] = h0
+            acts = _project(x.reshape(steps * batch, -1), _doubled_cell_input(w_ih, hidden), doubled_bias,
+                            products).view(steps, batch, 4 * hidden)  # activated in place
+            w = _step_weight(_doubled_cell_input(w_hh, hidden), batch, products)
+            for t in range(steps):
+                s = acts[t].add_(_step(hs[t], w, products)).sigmoid_()
+                kernels.lstm_forward_step(batch, hidden, s.data_ptr(), acts[t].data_ptr(), cs[t].data_ptr(),
+                                          cs[t + 1].data_ptr(), tanh_cs[t].data_ptr(), hs[t].data_ptr(),
+                                          hs[t + 1].data_ptr(), hidden, mask_at(t))
+        out = hs[1:].clone() if mask is None else hs[1:] * mask
     ctx.save_for_backward(x.reshape(steps * batch, -1), w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows)
-    ctx.x_shape, ctx.products, ctx.kernels, ctx.gemm = x.shape, products, kernels, None
+    ctx.x_shape, ctx.products, ctx.kernels, ctx.gemm = x.shape, products, kernels, gemm
     return out, hs[-1].clone(), cs[-1].clone()
 
 
@@ -429,12 +422,16 @@ def _lstm_backward_torch(acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, produc
     return dh, dc
 
 
+def _mask_bytes(mask: Tensor | None) -> Tensor | None:
+    """``mask`` ``(T, B, 1)`` as the compiled code reads it: one byte per step and sequence."""
+    return None if mask is None else mask.reshape(mask.shape[:2]).to(torch.uint8).contiguous()
+
+
 def _mask_addresses(mask: Tensor | None):
-    """``t -> `` the address of step t's row of ``mask`` ``(T, B, 1)`` as the compiled steps read it, one
-    byte per sequence (None without a mask)."""
+    """``t -> `` the address of step t's row of :func:`_mask_bytes` (None without a mask)."""
     if mask is None:
         return lambda t: None
-    rows = mask.reshape(mask.shape[0], -1).to(torch.uint8).contiguous()
+    rows = _mask_bytes(mask)
     return lambda t: rows.data_ptr() + t * rows.stride(0)  # holds ``rows``: the calls get addresses only
 
 
@@ -467,24 +464,24 @@ class _GRULayer(torch.autograd.Function):
         ctx.has_b_hh, ctx.x_shape, ctx.products, ctx.kernels = b_hh is not None, x.shape, products, kernels
         ctx.gemm = _sequence_gemm(kernels, x) if products is None else None
         if ctx.gemm is not None:  # the whole recurrence in one compiled call
-            out = _gru_sequence(kernels, ctx.gemm, acts, hs, w_hh, b_hh, mask, hns)
-            ctx.save_for_backward(x2d, w_ih, acts, hns, hs, w_hh, mask)
-            return out, hs[-1].clone()
-        w = _step_weight(w_hh, batch, products)
-        mask_at = _mask_addresses(mask)
-        for t in range(steps):
-            h = hs[t]
-            hp = _step(h, w, products, b_hh)
-            if kernels is not None:  # the same arithmetic in one compiled call
-                kernels.gru_forward_step(batch, hidden, acts[t].data_ptr(), hp.data_ptr(), hns[t].data_ptr(),
-                                         h.data_ptr(), hs[t + 1].data_ptr(), mask_at(t))
-                continue
-            z, n = _gru_gates(acts[t], hp, hidden)
-            hns[t].copy_(hp[:, 2 * hidden :])
-            h_new = torch.lerp(n, h, z, out=hs[t + 1])  # (1 - z) n + z h
-            if mask is not None:
-                torch.where(mask[t], h_new, h, out=h_new)
-        out = hs[1:].clone() if mask is None else hs[1:] * mask
+            out = x.new_empty((steps, *h0.shape))
+            _gru_sequence(kernels, ctx.gemm, acts, hs, w_hh, b_hh, mask, out, hns)
+        else:
+            w = _step_weight(w_hh, batch, products)
+            mask_at = _mask_addresses(mask)
+            for t in range(steps):
+                h = hs[t]
+                hp = _step(h, w, products, b_hh)
+                if kernels is not None:  # the same arithmetic in one compiled call
+                    kernels.gru_forward_step(batch, hidden, acts[t].data_ptr(), hp.data_ptr(), hns[t].data_ptr(),
+                                             h.data_ptr(), hs[t + 1].data_ptr(), mask_at(t))
+                    continue
+                z, n = _gru_gates(acts[t], hp, hidden)
+                hns[t].copy_(hp[:, 2 * hidden :])
+                h_new = torch.lerp(n, h, z, out=hs[t + 1])  # (1 - z) n + z h
+                if mask is not None:
+                    torch.where(mask[t], h_new, h, out=h_new)
+            out = hs[1:].clone() if mask is None else hs[1:] * mask
         ctx.save_for_backward(x2d, w_ih, acts, hns, hs, w_hh, mask)
         return out, hs[-1].clone()
 
@@ -768,16 +765,18 @@ class _Slices:
 _packed_for_inference: dict[int, tuple] = {}
 
 
-def _weight_slices(kernels, gemm, weight: Tensor, w_ih: Tensor | None, w_hh: Tensor, gates: int, batch: int,
+def _weight_slices(kernels, gemm, make_weight, w_ih: Tensor | None, w_hh: Tensor, gates: int, batch: int,
                    keep: bool) -> _Slices:
-    """``weight`` (``gates`` blocks of ``hidden`` rows, made from ``w_ih`` and ``w_hh``) packed in the threads'
-    slices; ``keep``: look it up in, and keep it in, :data:`_packed_for_inference`."""
+    """The weight ``make_weight()`` returns (``gates`` blocks of ``hidden`` rows, made from ``w_ih`` and
+    ``w_hh``; made only when packing) packed in the threads' slices; ``keep``: look it up in, and keep it
+    in, :data:`_packed_for_inference`."""
     hidden = w_hh.shape[1]
     stamp = (gates, batch, torch.get_num_threads(), w_hh.data_ptr(), w_hh._version,
              None if w_ih is None else (w_ih.data_ptr(), w_ih._version))
     kept = _packed_for_inference.get(id(w_hh)) if keep else None
     if kept is not None and kept[0] == stamp:
         return kept[1]
+    weight = make_weight()
     slices = _Slices(kernels, gemm, hidden, batch, lambda u0, u1: torch.cat(
         [weight[g * hidden + u0: g * hidden + u1] for g in range(gates)]))
     if keep:
@@ -785,11 +784,6 @@ def _weight_slices(kernels, gemm, weight: Tensor, w_ih: Tensor | None, w_hh: Ten
             weakref.finalize(w_hh, _packed_for_inference.pop, id(w_hh), None)
         _packed_for_inference[id(w_hh)] = stamp, slices
     return slices
-
-
-def _mask_bytes(mask: Tensor | None) -> Tensor | None:
-    """``mask`` ``(T, B, 1)`` as the compiled sequence loops read it: one byte per step and sequence."""
-    return None if mask is None else mask.reshape(mask.shape[:2]).to(torch.uint8).contiguous()
 
 
 def _address(t: Tensor | None) -> int | None:
@@ -806,13 +800,12 @@ def _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell, trai
     steps, batch, inputs = x.shape
     hidden = w_hh.shape[1]
     kind, arg = cell
-    weight = torch.cat([w_ih, w_hh], 1)
     gates = 4 if kind == "lstm" else 1
-    if kind == "lstm":  # g's rows doubled: one sigmoid-shaped exponential serves tanh too (_lstm_inference)
-        weight = _doubled_cell_input(weight, hidden)
-        bias = None if bias is None else _doubled_cell_input(bias, hidden)
-    bias = x.new_zeros(gates * hidden) if bias is None else bias.contiguous()
-    slices = _weight_slices(kernels, gemm, weight, w_ih, w_hh, gates, batch, keep=training is None)
+    # An LSTM's g rows doubled: one sigmoid-shaped exponential serves tanh too (_lstm_inference)
+    double = functools.partial(_doubled_cell_input, hidden=hidden) if kind == "lstm" else lambda t: t
+    bias = x.new_zeros(gates * hidden) if bias is None else double(bias).contiguous()
+    slices = _weight_slices(kernels, gemm, lambda: double(torch.cat([w_ih, w_hh], 1)), w_ih, w_hh, gates, batch,
+                            keep=training is None)
     x = x.contiguous()
     out = x.new_empty((steps, batch, hidden))
     scratch = x.new_empty((slices.count, batch, gates * slices.widest))
@@ -877,16 +870,15 @@ def _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, cell):
     return out, rows[steps % 2, :, inputs:].clone()
 
 
-def _gru_sequence(kernels, gemm, gates, hs, w_hh, b_hh, mask, rec_n=None):
+def _gru_sequence(kernels, gemm, gates, hs, w_hh, b_hh, mask, out, rec_n=None):
     """A GRU's recurrence over ``gates`` ``(T, B, 3H)``, the input's projection (``kernels.c``,
-    ``gru_sequence``), in one compiled call: ``hs`` holds h0 in ``hs[0]`` and receives the states (two
-    alternating ones in inference, ``rec_n`` None; every step's in training, where ``gates`` receives the
-    activated r, z, n and ``rec_n`` ``W_hn h + b_hn``). Returns the outputs."""
+    ``gru_sequence``), in one compiled call, its outputs written to ``out``: ``hs`` holds h0 in ``hs[0]``
+    and receives the states (two alternating ones in inference, ``rec_n`` None; every step's in training,
+    where ``gates`` receives the activated r, z, n and ``rec_n`` ``W_hn h + b_hn``)."""
     steps, batch, gates_width = gates.shape
     hidden = gates_width // 3
-    slices = _weight_slices(kernels, gemm, w_hh, None, w_hh, 3, batch, keep=rec_n is None)
+    slices = _weight_slices(kernels, gemm, lambda: w_hh, None, w_hh, 3, batch, keep=rec_n is None)
     b_hh = gates.new_zeros(3 * hidden) if b_hh is None else b_hh.contiguous()
-    out = gates.new_empty((steps, batch, hidden))
     scratch = gates.new_empty((slices.count, batch, 3 * slices.widest))
     mask_bytes = _mask_bytes(mask)  # held: the call gets its address only
     entry = kernels.gru_infer_sequence if rec_n is None else kernels.gru_forward_sequence
@@ -895,7 +887,6 @@ def _gru_sequence(kernels, gemm, gates, hs, w_hh, b_hh, mask, rec_n=None):
         args.append(rec_n.data_ptr())
     entry(*args, slices.addresses, slices.bounds.data_ptr(), b_hh.data_ptr(), out.data_ptr(), _address(mask_bytes),
           scratch.data_ptr())
-    return out
 
 
 def _gru_inference_sequence(kernels, gemm, x, w_ih, b_ih, h0, w_hh, b_hh, mask):
@@ -908,8 +899,8 @@ def _gru_inference_sequence(kernels, gemm, x, w_ih, b_ih, h0, w_hh, b_hh, mask):
     hs[0] = h0
     for start, proj in _projected_chunks(x, w_ih, b_ih):  # contiguous: F.linear's output
         n = len(proj)
-        out[start: start + n] = _gru_sequence(kernels, gemm, proj, hs, w_hh, b_hh,
-                                              None if mask is None else mask[start: start + n])
+        _gru_sequence(kernels, gemm, proj, hs, w_hh, b_hh, None if mask is None else mask[start: start + n],
+                      out[start: start + n])
         if n % 2:  # the chunk's last state is in hs[1]; the next chunk starts from hs[0]
             hs[0] = hs[1]
     return out, hs[0].clone()

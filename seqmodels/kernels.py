@@ -65,14 +65,22 @@ def _compiler() -> str | None:
     return next((path for path in map(shutil.which, ["cc", "gcc", "clang"]) if path), None)
 
 
+@functools.cache
+def _cpuinfo() -> list[str]:
+    """The lines of /proc/cpuinfo (none where there is no such file)."""
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
 def _cpu_identity() -> str:
     """What a binary built with -march=native depends on: the CPU's model and feature flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
-    except OSError:
+    lines = _cpuinfo()
+    if not lines:
         import platform
         return platform.processor() + platform.machine()
+    return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
 
 
 def _cache_dir() -> Path:
@@ -230,13 +238,7 @@ class PackedGemm:
 
 
 def _cpu_vendor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return next((ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("vendor_id")), "")
 
 
 @functools.cache
