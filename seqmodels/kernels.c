@@ -432,25 +432,56 @@ static inline __attribute__((always_inline)) void rnn_sequence_row(
         memcpy(a, h, (size_t)n * sizeof(float));
 }
 
-enum { CELL_LSTM = 0, CELL_RNN_TANH = 1, CELL_RNN_RELU = 2 };
+/* n units of a GRU row: p, the input's projection (gates H apart); r_, the slice's recurrent product
+   (gates n apart) without b_hh (`bias`, gates H apart). In training (KEEP) the activated r, z, n are
+   written over the projection and W_hn h + b_hn kept in `rn`, for the backward pass. */
+#define GRU_SLICE_ROW_BODY(KEEP)                                           \
+    for (int64_t j = 0; j < n; j++) {                                      \
+        float r = sigmoid_f32(p[j] + r_[j] + bias[j]);                     \
+        float z = sigmoid_f32(p[H + j] + r_[n + j] + bias[H + j]);         \
+        float hn_ = r_[2 * n + j] + bias[2 * H + j];                       \
+        float c = tanh_f32(p[2 * H + j] + r * hn_);                        \
+        float y = c + z * (hp[j] - c);                                     \
+        if (KEEP) { p[j] = r; p[H + j] = z; p[2 * H + j] = c; rn[j] = hn_; } \
+        hn[j] = y;                                                         \
+        o_[j] = y;                                                         \
+    }
 
-/* The sequence loop of an LSTM or an RNN (`cell`), for inference (acts NULL) or training. x: (T, B, I).
+static inline __attribute__((always_inline)) void gru_slice_row(
+        int64_t n, int64_t H, float *restrict p, const float *restrict r_, const float *restrict bias,
+        const float *restrict hp, float *restrict hn, float *restrict o_) {
+    float *rn = NULL;
+    GRU_SLICE_ROW_BODY(0)
+    (void)rn;
+}
+
+static inline __attribute__((always_inline)) void gru_training_slice_row(
+        int64_t n, int64_t H, float *restrict p, const float *restrict r_, const float *restrict bias,
+        const float *restrict hp, float *restrict hn, float *restrict o_, float *restrict rn) {
+    GRU_SLICE_ROW_BODY(1)
+}
+
+enum { CELL_LSTM = 0, CELL_RNN_TANH = 1, CELL_RNN_RELU = 2, CELL_GRU = 3 };
+
+/* The sequence loop of an LSTM, an RNN or a GRU (`cell`; the GRU's entry points below say how it fits),
+   for inference or training. x: (T, B, I).
    rows: [x_t, h] buffers, (B, I + H) each, rows[0][:, I:] holding h0 on entry: in inference two that
    alternate, h_T left in rows[T % 2][:, I:]; in training T + 1, one a step, kept for the weight
    gradients. packed[s]: slice s's weight rows (the gates' rows of units bounds[s] .. bounds[s + 1], gate
    after gate, of [W_ih, W_hh], an LSTM's g rows doubled), packed by cblas_sgemm_pack as the B operand
-   of a (B x (I + H)) product. bias: (G H), G = 4 gates (LSTM) or 1 (RNN). An LSTM's c: in inference
-   (B, H), updated in place; in training the states (T + 1, B, H), c[0] = c0, with tanh_c (T, B, H)
-   beside them. acts: in training (T, B, G H), the activated gates (an RNN's: its outputs). out:
+   of a (B x (I + H)) product. bias: (G H), G = 4 gates (LSTM), 3 (GRU) or 1 (RNN). An LSTM's c: in
+   inference (B, H), updated in place; in training the states (T + 1, B, H), c[0] = c0, with tanh_c (T, B, H)
+   beside them. acts: in training (T, B, G H), the activated gates (an RNN's: its outputs; a GRU's are
+   its input projection in inference too). rec_n: a GRU's, in training. out:
    (T, B, H). mask: (T, B) bytes or NULL. scratch: (slices, B, G * widest slice) floats. Slices are
    shared among the threads the runtime gives. */
-static void cell_sequence(int64_t cell, void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B,
-                          int64_t I, int64_t H, const float *x, float *rows, const float *const *packed,
-                          const int64_t *bounds, const float *bias, float *c, float *tanh_c, float *acts, float *out,
-                          const uint8_t *mask, float *scratch) {
+static void cell_sequence(int64_t cell, int64_t training, void *compute_fn, void *threads_fn, int64_t slices,
+                          int64_t T, int64_t B, int64_t I, int64_t H, const float *x, float *rows,
+                          const float *const *packed, const int64_t *bounds, const float *bias, float *c,
+                          float *tanh_c, float *acts, float *rec_n, float *out, const uint8_t *mask, float *scratch) {
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
-    const int64_t K = I + H, G = cell == CELL_LSTM ? 4 : 1, training = acts != NULL;
+    const int64_t K = I + H, G = cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1;
     const int64_t widest = widest_slice(slices, bounds);
     #pragma omp parallel num_threads(slices)
     {
@@ -459,14 +490,14 @@ static void cell_sequence(int64_t cell, void *compute_fn, void *threads_fn, int6
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
         float *gates = scratch + p * B * G * widest;
         const int64_t b0 = p * B / threads, b1 = (p + 1) * B / threads;
-        if (T > 0)
+        if (T > 0 && I > 0)
             for (int64_t b = b0; b < b1; b++) memcpy(rows + b * K, x + b * I, (size_t)I * sizeof(float));
         #pragma omp barrier
         for (int64_t t = 0; t < T; t++) {
             const float *r = rows + (training ? t : t & 1) * B * K;
             float *next = rows + (training ? t + 1 : (t + 1) & 1) * B * K;
             const uint8_t *m = mask ? mask + t * B : NULL;
-            if (t + 1 < T)  /* next step's inputs, beside where this step's h goes */
+            if (t + 1 < T && I > 0)  /* next step's inputs, beside where this step's h goes */
                 for (int64_t b = b0; b < b1; b++) memcpy(next + b * K, x + ((t + 1) * B + b) * I, (size_t)I * sizeof(float));
             for (int64_t s = p; s < slices; s += threads) {
                 const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
@@ -475,13 +506,24 @@ static void cell_sequence(int64_t cell, void *compute_fn, void *threads_fn, int6
                         packed[s], (int)(G * n), 0.0f, gates, (int)(G * n));
                 for (int64_t b = 0; b < B; b++) {
                     float *h = next + b * K + I + u0, *o_ = out + (t * B + b) * H + u0;
-                    float *a = training ? acts + (t * B + b) * G * H + u0 : NULL;
+                    float *a = acts ? acts + (t * B + b) * G * H + u0 : NULL;
                     const int masked = m && !m[b];
                     if (masked) {  /* the state carried over, the output zero, nothing to differentiate */
                         memcpy(h, r + b * K + I + u0, bytes);
                         memset(o_, 0, bytes);
                         if (training)
                             for (int64_t k = 0; k < G; k++) memset(a + k * H, 0, bytes);
+                    }
+                    if (cell == CELL_GRU) {
+                        const float *hp = r + b * K + I + u0;
+                        float *rn = training ? rec_n + (t * B + b) * H + u0 : NULL;
+                        if (masked && training)
+                            memset(rn, 0, bytes);
+                        else if (!masked && training)
+                            gru_training_slice_row(n, H, a, gates + b * 3 * n, bias + u0, hp, h, o_, rn);
+                        else if (!masked)
+                            gru_slice_row(n, H, a, gates + b * 3 * n, bias + u0, hp, h, o_);
+                        continue;
                     }
                     if (cell != CELL_LSTM) {
                         if (!masked)
@@ -513,31 +555,32 @@ static void cell_sequence(int64_t cell, void *compute_fn, void *threads_fn, int6
 void lstm_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I,
                          int64_t H, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
                          const float *bias, float *c, float *out, const uint8_t *mask, float *scratch) {
-    cell_sequence(CELL_LSTM, compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, c, NULL, NULL,
-                  out, mask, scratch);
+    cell_sequence(CELL_LSTM, 0, compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, c, NULL,
+                  NULL, NULL, out, mask, scratch);
 }
 
 void lstm_forward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I,
                            int64_t H, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
                            const float *bias, float *cs, float *tanh_c, float *acts, float *out, const uint8_t *mask,
                            float *scratch) {
-    cell_sequence(CELL_LSTM, compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, cs, tanh_c,
-                  acts, out, mask, scratch);
+    cell_sequence(CELL_LSTM, 1, compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed, bounds, bias, cs, tanh_c,
+                  acts, NULL, out, mask, scratch);
 }
 
 /* An RNN's inference (acts NULL) or training forward; relu: 1 for relu, 0 for tanh. */
 void rnn_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t I, int64_t H,
                   int64_t relu, const float *x, float *rows, const float *const *packed, const int64_t *bounds,
                   const float *bias, float *acts, float *out, const uint8_t *mask, float *scratch) {
-    cell_sequence(relu ? CELL_RNN_RELU : CELL_RNN_TANH, compute_fn, threads_fn, slices, T, B, I, H, x, rows, packed,
-                  bounds, bias, NULL, NULL, acts, out, mask, scratch);
+    cell_sequence(relu ? CELL_RNN_RELU : CELL_RNN_TANH, acts != NULL, compute_fn, threads_fn, slices, T, B, I, H, x,
+                  rows, packed, bounds, bias, NULL, NULL, acts, NULL, out, mask, scratch);
 }
 
 /* The backward pass of cell_sequence's training forward, from the last step to the first, the recurrent
    products included; each thread takes the same slices of the hidden units as forward. A step: every
    slice's gate gradients from the gradient reaching its units' h_t (as lstm_backward_step and
-   rnn_backward_step), the threads meet, then each slice's share of the gradient reaching h_{t-1},
-   (B x G H) @ W_hh[:, slice]. packed[s]: those columns of W_hh, packed by cblas_sgemm_pack as the B
+   rnn_backward_step, gru_backward_step), the threads meet, then each slice's share of the gradient
+   reaching h_{t-1}, (B x G H) @ W_hh[:, slice] (a GRU's d_rec, its recurrent products' gradient, in
+   place of the pre-activations'; rec_n and hs as its forward left them). packed[s]: those columns of W_hh, packed by cblas_sgemm_pack as the B
    operand. acts: what the forward kept, overwritten with the pre-activations' gradients; an LSTM's cs
    (T + 1, B, H) and tanh_c (T, B, H) as it left them. d_out: (T, B, H). An LSTM's dc: (B, H), d_cn on
    entry, the gradient reaching c0 on exit. dh: (B, H), d_hn on entry, on exit the gradient reaching h0
@@ -546,10 +589,11 @@ void rnn_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
 static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
                                    int64_t B, int64_t H, const float *const *packed, const int64_t *bounds,
                                    float *acts, const float *cs, const float *tanh_c, const float *d_out, float *dc,
-                                   float *dh, float *carry, const uint8_t *mask) {
+                                   float *dh, float *carry, const uint8_t *mask, const float *rec_n, const float *hs,
+                                   float *d_rec) {
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
-    const int64_t G = cell == CELL_LSTM ? 4 : 1;
+    const int64_t G = cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1;
     #pragma omp parallel num_threads(slices)
     {
         const int64_t p = thread_number(), threads = team_size();
@@ -566,6 +610,11 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
                     if (m && !m[b]) {  /* the state's gradient passes a masked step untouched */
                         for (int64_t j = 0; j < n; j++) cr[j] += dr[j];
                         for (int64_t k = 0; k < G; k++) memset(a + k * H, 0, (size_t)n * sizeof(float));
+                        if (cell == CELL_GRU)
+                            for (int64_t k = 0; k < G; k++) memset(d_rec + (t * B + b) * G * H + u0 + k * H, 0, (size_t)n * sizeof(float));
+                    } else if (cell == CELL_GRU) {
+                        gru_backward_row(n, H, a, rec_n + row, hs + row, dr, cr, d_out + row,
+                                         d_rec + (t * B + b) * G * H + u0);
                     } else if (cell == CELL_LSTM) {
                         backward_row(n, H, a, cs + row, tanh_c + row, dr, cr, d_out + row, dc + b * H + u0);
                     } else {
@@ -580,8 +629,10 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
             #pragma omp barrier
             for (int64_t s = p; s < slices; s += threads) {
                 const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
-                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)n, (int)(G * H), a_t, (int)(G * H),
-                        packed[s], (int)n, 0.0f, dh + u0, (int)H);
+                /* the recurrent product's gradient: the pre-activations' (LSTM, RNN), the GRU's own */
+                const float *d_products = cell == CELL_GRU ? d_rec + t * B * G * H : a_t;
+                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)n, (int)(G * H), d_products,
+                        (int)(G * H), packed[s], (int)n, 0.0f, dh + u0, (int)H);
             }
         }
         if (threads > 1)
@@ -594,155 +645,38 @@ void lstm_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, 
                             const float *tanh_c, const float *d_out, float *dc, float *dh, float *carry,
                             const uint8_t *mask) {
     cell_backward_sequence(CELL_LSTM, compute_fn, threads_fn, slices, T, B, H, packed, bounds, acts, cs, tanh_c, d_out,
-                           dc, dh, carry, mask);
+                           dc, dh, carry, mask, NULL, NULL, NULL);
 }
 
 void rnn_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
                            int64_t relu, const float *const *packed, const int64_t *bounds, float *acts,
                            const float *d_out, float *dh, float *carry, const uint8_t *mask) {
     cell_backward_sequence(relu ? CELL_RNN_RELU : CELL_RNN_TANH, compute_fn, threads_fn, slices, T, B, H, packed,
-                           bounds, acts, NULL, NULL, d_out, NULL, dh, carry, mask);
+                           bounds, acts, NULL, NULL, d_out, NULL, dh, carry, mask, NULL, NULL, NULL);
 }
 
-/* n units of a GRU row: p, the input's projection (gates H apart); r_, the slice's recurrent product
-   (gates n apart) without b_hh (`bias`, gates H apart). In training (KEEP) the activated r, z, n are
-   written over the projection and W_hn h + b_hn kept in `rn`, for the backward pass. */
-#define GRU_SLICE_ROW_BODY(KEEP)                                           \
-    for (int64_t j = 0; j < n; j++) {                                      \
-        float r = sigmoid_f32(p[j] + r_[j] + bias[j]);                     \
-        float z = sigmoid_f32(p[H + j] + r_[n + j] + bias[H + j]);         \
-        float hn_ = r_[2 * n + j] + bias[2 * H + j];                       \
-        float c = tanh_f32(p[2 * H + j] + r * hn_);                        \
-        float y = c + z * (hp[j] - c);                                     \
-        if (KEEP) { p[j] = r; p[H + j] = z; p[2 * H + j] = c; rn[j] = hn_; } \
-        hn[j] = y;                                                         \
-        o_[j] = y;                                                         \
-    }
-
-static inline __attribute__((always_inline)) void gru_slice_row(
-        int64_t n, int64_t H, float *restrict p, const float *restrict r_, const float *restrict bias,
-        const float *restrict hp, float *restrict hn, float *restrict o_) {
-    float *rn = NULL;
-    GRU_SLICE_ROW_BODY(0)
-    (void)rn;
-}
-
-static inline __attribute__((always_inline)) void gru_training_slice_row(
-        int64_t n, int64_t H, float *restrict p, const float *restrict r_, const float *restrict bias,
-        const float *restrict hp, float *restrict hn, float *restrict o_, float *restrict rn) {
-    GRU_SLICE_ROW_BODY(1)
-}
-
-/* A GRU's forward over T steps, for inference (rec_n NULL) or training, the recurrent products
-   included, with the threads' slices of the hidden units as above. Its reset gate multiplies the
-   recurrent product alone, so the input's projection comes in precomputed: gates (T, B, 3H) = x W_ih^T
-   + b_ih, r, z, n; in training overwritten with the activated r, z, n (kept for the backward pass, with
-   rec_n (T, B, H) = W_hn h + b_hn). hs: the states, in inference two that alternate, hs[0] = h on entry
-   and the last left in hs[T % 2]; in training T + 1 (B, H) of them, hs[0] = h0. packed[s]: slice s's
-   rows of W_hh (r's, z's, n's for units bounds[s] .. bounds[s + 1]), packed as the B operand of a
-   (B x H) product. b_hh: (3H). out: (T, B, H). mask: (T, B) bytes or NULL. scratch: (slices, B,
-   3 * widest slice) floats. */
-static void gru_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
-                         float *gates, float *hs, float *rec_n, const float *const *packed, const int64_t *bounds,
-                         const float *b_hh, float *out, const uint8_t *mask, float *scratch) {
-    sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
-    mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
-    const int64_t widest = widest_slice(slices, bounds), training = rec_n != NULL;
-    #pragma omp parallel num_threads(slices)
-    {
-        const int64_t p = thread_number(), threads = team_size();
-        const int previous = threads > 1 ? mkl_threads_local(1) : 0;
-        float *rec = scratch + p * B * 3 * widest;
-        for (int64_t t = 0; t < T; t++) {
-            const float *h = hs + (training ? t : t & 1) * B * H;
-            float *next = hs + (training ? t + 1 : (t + 1) & 1) * B * H;
-            const uint8_t *m = mask ? mask + t * B : NULL;
-            for (int64_t s = p; s < slices; s += threads) {
-                const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
-                const size_t bytes = (size_t)n * sizeof(float);
-                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)(3 * n), (int)H, h, (int)H,
-                        packed[s], (int)(3 * n), 0.0f, rec, (int)(3 * n));
-                for (int64_t b = 0; b < B; b++) {
-                    const float *hp = h + b * H + u0, *rr = rec + b * 3 * n;
-                    float *a = gates + (t * B + b) * 3 * H + u0, *hn = next + b * H + u0, *o_ = out + (t * B + b) * H + u0;
-                    float *rn = training ? rec_n + (t * B + b) * H + u0 : NULL;
-                    if (m && !m[b]) {
-                        memcpy(hn, hp, bytes);
-                        memset(o_, 0, bytes);
-                        if (training) {
-                            memset(rn, 0, bytes);
-                            memset(a, 0, bytes); memset(a + H, 0, bytes); memset(a + 2 * H, 0, bytes);
-                        }
-                    } else if (training) {
-                        gru_training_slice_row(n, H, a, rr, b_hh + u0, hp, hn, o_, rn);
-                    } else {
-                        gru_slice_row(n, H, a, rr, b_hh + u0, hp, hn, o_);
-                    }
-                }
-            }
-            #pragma omp barrier
-        }
-        if (threads > 1)
-            mkl_threads_local(previous);
-    }
-}
-
+/* A GRU: its reset gate multiplies the recurrent product alone, so the input's projection comes in
+   precomputed as `proj` / `gates` (T, B, 3H) = x W_ih^T + b_ih (r, z, n), and the loop's product is
+   h (B x H) by W_hh's slice rows: no inputs beside the state (I = 0), hs the state buffers. In training
+   `gates` receives the activated r, z, n and rec_n (T, B, H) W_hn h + b_hn, for the backward pass. */
 void gru_infer_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
                         float *proj, float *hs, const float *const *packed, const int64_t *bounds,
                         const float *b_hh, float *out, const uint8_t *mask, float *scratch) {
-    gru_sequence(compute_fn, threads_fn, slices, T, B, H, proj, hs, NULL, packed, bounds, b_hh, out, mask, scratch);
+    cell_sequence(CELL_GRU, 0, compute_fn, threads_fn, slices, T, B, 0, H, NULL, hs, packed, bounds, b_hh, NULL, NULL,
+                  proj, NULL, out, mask, scratch);
 }
 
 void gru_forward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
                           float *gates, float *hs, float *rec_n, const float *const *packed, const int64_t *bounds,
                           const float *b_hh, float *out, const uint8_t *mask, float *scratch) {
-    gru_sequence(compute_fn, threads_fn, slices, T, B, H, gates, hs, rec_n, packed, bounds, b_hh, out, mask, scratch);
+    cell_sequence(CELL_GRU, 1, compute_fn, threads_fn, slices, T, B, 0, H, NULL, hs, packed, bounds, b_hh, NULL, NULL,
+                  gates, rec_n, out, mask, scratch);
 }
 
-/* The backward pass of gru_forward_sequence, from the last step to the first, as cell_backward_sequence:
-   every slice's gradients (gru_backward_row's, in the slice's columns), the threads meet, then each
-   slice's share of the gradient reaching h_{t-1} through the products, d_rec[t] (B x 3H) @ W_hh[:, slice].
-   gates: the activated r, z, n, overwritten with their input-side pre-activations' gradients; d_rec
-   (T, B, 3H) receives the recurrent products' gradients; rec_n and hs as the forward left them. dh, carry
-   and mask as in cell_backward_sequence (carry also takes the path through z). */
 void gru_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
                            const float *const *packed, const int64_t *bounds, float *gates, const float *rec_n,
                            const float *hs, float *d_rec, const float *d_out, float *dh, float *carry,
                            const uint8_t *mask) {
-    sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
-    mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
-    #pragma omp parallel num_threads(slices)
-    {
-        const int64_t p = thread_number(), threads = team_size();
-        const int previous = threads > 1 ? mkl_threads_local(1) : 0;
-        for (int64_t t = T - 1; t >= 0; t--) {
-            const uint8_t *m = mask ? mask + t * B : NULL;
-            float *drec_t = d_rec + t * B * 3 * H;
-            for (int64_t s = p; s < slices; s += threads) {
-                const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
-                const size_t bytes = (size_t)n * sizeof(float);
-                for (int64_t b = 0; b < B; b++) {
-                    const int64_t row = (t * B + b) * H + u0;
-                    float *a = gates + (t * B + b) * 3 * H + u0, *drec = drec_t + b * 3 * H + u0;
-                    float *cr = carry + b * H + u0;
-                    const float *dr = dh + b * H + u0;
-                    if (m && !m[b]) {
-                        for (int64_t j = 0; j < n; j++) cr[j] += dr[j];
-                        memset(a, 0, bytes); memset(a + H, 0, bytes); memset(a + 2 * H, 0, bytes);
-                        memset(drec, 0, bytes); memset(drec + H, 0, bytes); memset(drec + 2 * H, 0, bytes);
-                        continue;
-                    }
-                    gru_backward_row(n, H, a, rec_n + row, hs + row, dr, cr, d_out + row, drec);
-                }
-            }
-            #pragma omp barrier
-            for (int64_t s = p; s < slices; s += threads) {
-                const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
-                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)n, (int)(3 * H), drec_t,
-                        (int)(3 * H), packed[s], (int)n, 0.0f, dh + u0, (int)H);
-            }
-        }
-        if (threads > 1)
-            mkl_threads_local(previous);
-    }
+    cell_backward_sequence(CELL_GRU, compute_fn, threads_fn, slices, T, B, H, packed, bounds, gates, NULL, NULL, d_out,
+                           NULL, dh, carry, mask, rec_n, hs, d_rec);
 }
