@@ -548,12 +548,12 @@ _AUTO = object()
 
 
 def _sequence_gemm(kernels, x: Tensor):
-    """MKL's packed product for the whole-sequence loops where they apply (compiled steps, float32 on an
-    Intel CPU: :func:`seqmodels.kernels.packed_gemm`), else None."""
+    """The product of the whole-sequence loops where they apply (compiled steps, float32, an x86-64 CPU:
+    :func:`seqmodels.kernels.packed_gemm`), else None."""
     if kernels is None or x.device.type != "cpu" or x.dtype != torch.float32:
         return None
     from seqmodels import kernels as compiled
-    return compiled.packed_gemm()
+    return compiled.packed_gemm(kernels)
 
 
 def _compiled_steps(*tensors: Tensor | None):

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -55,6 +56,7 @@ _SIGNATURES = {
     "gru_forward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 9,
     "gru_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10,
     "kernels_openmp": [],
+    "sgemm_pack": [_i64, _i64, _ptr, _ptr],
 }
 
 
@@ -155,7 +157,7 @@ def _load(library: Path) -> ctypes.CDLL | None:
         for name, argtypes in _SIGNATURES.items():
             function = getattr(lib, name)
             function.argtypes, function.restype = argtypes, None
-        lib.kernels_openmp.restype = _i64
+        lib.kernels_openmp.restype = lib.sgemm_panel_width.restype = _i64
         return lib
     except (OSError, AttributeError) as err:
         log.info("loading %s failed: %s", library, err)
@@ -237,21 +239,39 @@ class PackedGemm:
         return packed
 
 
+class CompiledGemm:
+    """``kernels.c``'s own product for the sequence loops, with :class:`PackedGemm`'s interface."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib, self._panel = lib, lib.sgemm_panel_width()
+        self.compute = ctypes.cast(lib.sgemm_compute, _ptr).value
+        self.threads_local = ctypes.cast(lib.sgemm_threads_local, _ptr).value
+
+    def pack(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
+        """``weight`` (n, k) float32 as the B operand of ``(rows, k) @ weight^T``, in panels."""
+        weight = weight.contiguous()
+        n, k = weight.shape
+        packed = torch.empty(-(-n // self._panel) * self._panel * k, dtype=torch.float32)
+        self._lib.sgemm_pack(n, k, weight.data_ptr(), packed.data_ptr())
+        return packed
+
+
 def _cpu_vendor() -> str:
     return next((ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("vendor_id")), "")
 
 
 @functools.cache
-def packed_gemm() -> PackedGemm | None:
-    """MKL's packed GEMM where it pays: on Intel CPUs, with torch's MKL exporting it (Linux wheels do).
-    On an AMD CPU MKL's per-step products measured 1.2x slower than oneDNN's (CPU-3 in docs/results.md),
-    so there the scratch LSTM keeps its per-step oneDNN loop. None where unavailable."""
-    if _cpu_vendor() != "GenuineIntel" or not torch.backends.mkl.is_available():
-        return None
-    try:
-        return PackedGemm(ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")))
-    except (OSError, AttributeError):
-        return None
+def packed_gemm(lib: ctypes.CDLL) -> PackedGemm | CompiledGemm | None:
+    """The product of the compiled sequence loops, ``lib`` being the loaded kernels: on Intel CPUs MKL's
+    packed product, from the MKL inside torch (Linux wheels export it); on other x86-64 CPUs
+    ``kernels.c``'s own, since MKL's ran 1.2-1.5x slower than oneDNN's there (CPU-3, an AMD EPYC, in
+    docs/results.md). None elsewhere: those CPUs keep a product from torch a step."""
+    if _cpu_vendor() == "GenuineIntel" and torch.backends.mkl.is_available():
+        try:
+            return PackedGemm(ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")))
+        except (OSError, AttributeError):
+            pass
+    return CompiledGemm(lib) if platform.machine().lower() in ("x86_64", "amd64") else None
 
 
 @functools.cache

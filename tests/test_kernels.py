@@ -3,6 +3,7 @@ happens where they cannot be built."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import re
@@ -45,18 +46,21 @@ def _run(params, mask, lib, products=None):
     return [out, hn, cn], list(grads), list(inferred)
 
 
-sequence_loop = kernels.packed_gemm() is not None
-needs_sequence_loop = pytest.mark.skipif(compiled is None or not sequence_loop,
-                                         reason="the whole-sequence LSTM loop runs on Intel CPUs with torch's MKL")
+product = kernels.packed_gemm(compiled) if compiled is not None else None
+sequence_loop = product is not None
+needs_sequence_loop = pytest.mark.skipif(not sequence_loop, reason="the whole-sequence loops run on x86-64 CPUs")
 
 
-@pytest.fixture(params=["sequence", "per-step"])
+@pytest.fixture(params=["per-step"] + ["sequence"] * sequence_loop
+                + ["sequence, own product"] * isinstance(product, kernels.PackedGemm))
 def compiled_loop(request, monkeypatch):
-    """Both compiled loops of each cell: the whole-sequence one (Intel CPUs) and the per-step one."""
-    if request.param == "sequence" and not sequence_loop:
-        pytest.skip("the whole-sequence LSTM loop runs on Intel CPUs with torch's MKL")
+    """Every compiled loop of each cell this machine has: the whole-sequence one with the product it uses
+    (MKL's on Intel CPUs, kernels.c's elsewhere), on Intel CPUs with kernels.c's product too, and the
+    per-step one."""
     if request.param == "per-step":
-        monkeypatch.setattr(kernels, "packed_gemm", lambda: None)
+        monkeypatch.setattr(kernels, "packed_gemm", lambda lib: None)
+    if request.param == "sequence, own product":
+        monkeypatch.setattr(kernels, "packed_gemm", lambda lib: kernels.CompiledGemm(lib))
     return request.param
 
 
@@ -247,12 +251,36 @@ def test_weights_packed_for_inference_follow_every_change_of_the_weights():
         torch.set_num_threads(before)
 
 
+@needs_compiled
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 38, 26), (9, 33, 70), (64, 96, 40), (17, 65, 3)])
+def test_the_compiled_product_matches_torchs(m, n, k):
+    """kernels.c's product (the sequence loops' on CPUs other than Intel's): rows and columns that leave
+    remainders after its tiles, an input row stride wider than k, and C's columns past n left alone."""
+    gen = torch.Generator().manual_seed(m * n * k)
+    gemm = kernels.CompiledGemm(compiled)
+    a, w = torch.randn(m, k + 3, generator=gen)[:, :k], torch.randn(n, k, generator=gen)
+    packed = gemm.pack(w, m)
+    c = torch.full((m, n + 2), float("nan"))
+    compute = ctypes.CFUNCTYPE(None, *[ctypes.c_int] * 6, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                               ctypes.c_float, ctypes.c_void_p, ctypes.c_int)(gemm.compute)
+    compute(101, 111, 151, m, n, k, a.data_ptr(), k + 3, packed.data_ptr(), n, 0.0, c.data_ptr(), n + 2)
+    torch.testing.assert_close(c[:, :n], a @ w.T, rtol=1e-5, atol=1e-5)
+    assert c[:, n:].isnan().all()
+
+
+@pytest.mark.skipif(kernels._cpu_vendor() in ("GenuineIntel", "") or platform.machine() != "x86_64",
+                    reason="kernels.c's product is the sequence loops' on x86-64 CPUs other than Intel's")
+def test_on_other_x86_cpus_the_sequence_loops_get_the_compiled_product():
+    """Else an AMD CPU's scratch LSTM would run MKL's product, 1.2-1.5x slower than native, or the per-step loop."""
+    assert isinstance(kernels.packed_gemm(compiled), kernels.CompiledGemm)
+
+
 @pytest.mark.skipif(kernels._cpu_vendor() != "GenuineIntel" or not sys.platform.startswith("linux"),
                     reason="MKL's packed product is used on Intel CPUs")
 def test_on_an_intel_cpu_the_lstm_gets_mkls_packed_product_from_torch():
     """Else the scratch LSTM's inference would fall back to the per-step loop, 1.2-1.4x slower, silently."""
-    gemm = kernels.packed_gemm()
-    assert gemm is not None
+    gemm = kernels.packed_gemm(compiled)
+    assert isinstance(gemm, kernels.PackedGemm)
     w = torch.randn(24, 10)
     packed = gemm.pack(w, 3)
     assert packed.dtype == torch.uint8 and packed.numel() >= w.numel() * 4
@@ -356,6 +384,7 @@ def test_every_gate_loop_is_vectorised_for_avx2_and_avx512(cpu, tmp_path):
     scalar = {int(m) for m in re.findall(r"kernels\.c:(\d+):\d+: missed: couldn't vectorize loop", done.stderr)}
     assert scalar, "gcc reported nothing: the check would pass vacuously"
     # gcc names an outer loop by its body's first line; loops over batch rows, time steps, a thread's
-    # slices of the hidden units and a row's gates hold gate loops (or memsets), they are not ones themselves
-    outer = ("b < B", "b < b1", "t < T", "t >= 0", "s < slices", "k < G")
+    # slices of the hidden units and a row's gates hold gate loops (or memsets), they are not ones themselves;
+    # the product's loops over panels, tiles and k hold vector code written as such
+    outer = ("b < B", "b < b1", "t < T", "t >= 0", "s < slices", "k < G", "GEMM_NR", "GEMM_MR", "k < K", "kk < k")
     assert [n for n in sorted(scalar) if not any(o in lines[n - 1] + lines[n - 2] for o in outer)] == []
