@@ -1,12 +1,13 @@
-"""The scratch cells' gate arithmetic as one compiled loop per time step (``kernels.c``): the
-LSTM's, the GRU's and the RNN's, in training and inference.
+"""The project's compiled C: the scratch cells' loops (``kernels.c``: the LSTM's, the GRU's and the
+RNN's, in training and inference; :func:`load`) and the word tokenizer's fast path for ASCII texts
+(``words.c``; :func:`load_words`).
 
 Built on first use with the machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
 for the CPU it runs on, cached under ``$SEQMODELS_CACHE_DIR`` (``~/.cache/seqmodels``), and
-checked against the torch form of the same equations before it is used. Where there is no
-compiler, the build fails, or the check does not agree, :func:`load` returns None and
-``seqmodels.cells`` runs the torch form: the same numbers, a slower loop. ``SEQMODELS_KERNELS=0``
-turns the kernels off.
+checked against the reference before it is used (the torch form of the same equations; the
+``tokenizers`` library). Where there is no compiler, the build fails, or the check does not agree,
+the loaders return None and the reference runs: the same numbers, slower. ``SEQMODELS_KERNELS=0``
+turns all of it off.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("kernels.c")
+_WORDS_SOURCE = Path(__file__).with_name("words.c")
 # No -ffast-math: it would let the compiler drop NaN and infinity handling, and on some
 # toolchains linking with it switches the whole process to flush denormals to zero.
 # -fno-trapping-math (torch never enables floating-point traps) lets gcc compute both sides of
@@ -56,8 +58,22 @@ _SIGNATURES = {
     "gru_forward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 9,
     "gru_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10,
     "kernels_openmp": [],
+    "sgemm_panel_width": [],
     "sgemm_pack": [_i64, _i64, _ptr, _ptr],
 }
+_WORDS_SIGNATURES = {
+    "table_new": [],
+    "table_free": [_ptr],
+    "table_put": [_ptr, _i64, _ptr, _ptr, _ptr],
+    "table_size": [_ptr],
+    "table_bytes": [_ptr],
+    "table_dump": [_ptr, _ptr, _ptr, _ptr],
+    "table_encode": [_ptr, _ptr, _i64, _ptr, _ptr, _i64, _ptr, _ptr],
+    "table_count": [_ptr, _ptr, _i64, _ptr, _ptr],
+}
+# the functions that return something (the others return nothing)
+_RESULTS = {"kernels_openmp": _i64, "sgemm_panel_width": _i64, "table_new": _ptr, "table_put": _i64, "table_size": _i64,
+            "table_bytes": _i64, "table_encode": _i64, "table_count": _i64}
 
 
 def _compiler() -> str | None:
@@ -101,14 +117,16 @@ def _torch_libgomp_loaded() -> bool:
         return False
 
 
-def _build(cc: str) -> ctypes.CDLL | None:
-    """The library for this source, CPU and compiler, loaded: from the cache, else compiled into it."""
-    source = _SOURCE.read_bytes()
+def _build(cc: str, path: Path = _SOURCE, signatures: dict = _SIGNATURES,
+           fallback: str = "the scratch cells run their torch form") -> ctypes.CDLL | None:
+    """The library for this source, CPU and compiler, loaded: from the cache, else compiled into it;
+    ``fallback``: what runs instead, for the warnings."""
+    source = path.read_bytes()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as err:
-        log.warning("seqmodels: the C compiler %s does not run (%s); the scratch cells run their torch form "
-                    "(slower). Set CC to a working compiler, or SEQMODELS_KERNELS=0 to skip this.", cc, err)
+        log.warning("seqmodels: the C compiler %s does not run (%s); %s (slower). Set CC to a working "
+                    "compiler, or SEQMODELS_KERNELS=0 to skip this.", cc, err, fallback)
         return None
     threads = (["-fopenmp"], []) if _torch_libgomp_loaded() else ([],)
     failure = ""
@@ -117,9 +135,9 @@ def _build(cc: str) -> ctypes.CDLL | None:
                                          _cpu_identity().encode()])).hexdigest()[:16]
         user = getattr(os, "getuid", lambda: "user")()
         for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"seqmodels-{user}"):
-            library = folder / f"kernels-{key}.so"
+            library = folder / f"{path.stem}-{key}.so"
             if library.exists():
-                lib = _load(library)
+                lib = _load(library, signatures)
                 if lib is not None:
                     return lib
                 log.info("%s does not load; building it again", library)
@@ -132,13 +150,13 @@ def _build(cc: str) -> ctypes.CDLL | None:
             except OSError:
                 continue  # not writable: the next folder
             try:
-                done = subprocess.run([cc, *flags, "-o", partial, str(_SOURCE)], capture_output=True,
+                done = subprocess.run([cc, *flags, "-o", partial, str(path)], capture_output=True,
                                       text=True, timeout=120)
                 if done.returncode == 0:
                     os.replace(partial, library)
-                    return _load(library)
+                    return _load(library, signatures)
                 failure = done.stderr.strip() or f"exit status {done.returncode}"
-                log.info("compiling %s with %s failed: %s", _SOURCE.name, " ".join(flags), failure)
+                log.info("compiling %s with %s failed: %s", path.name, " ".join(flags), failure)
             except (OSError, subprocess.SubprocessError) as err:
                 failure = str(err)
             finally:
@@ -146,18 +164,17 @@ def _build(cc: str) -> ctypes.CDLL | None:
                     os.unlink(partial)
             break  # these flags do not compile here: the next ones
     first_line = failure.splitlines()[0] if failure else "no writable cache folder"
-    log.warning("seqmodels: compiling %s with %s failed (%s); the scratch cells run their torch form (slower). "
-                "Set CC to a working compiler, or SEQMODELS_KERNELS=0 to skip this.", _SOURCE, cc, first_line)
+    log.warning("seqmodels: compiling %s with %s failed (%s); %s (slower). Set CC to a working compiler, or "
+                "SEQMODELS_KERNELS=0 to skip this.", path, cc, first_line, fallback)
     return None
 
 
-def _load(library: Path) -> ctypes.CDLL | None:
+def _load(library: Path, signatures: dict) -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(library))
-        for name, argtypes in _SIGNATURES.items():
+        for name, argtypes in signatures.items():
             function = getattr(lib, name)
-            function.argtypes, function.restype = argtypes, None
-        lib.kernels_openmp.restype = lib.sgemm_panel_width.restype = _i64
+            function.argtypes, function.restype = argtypes, _RESULTS.get(name)
         return lib
     except (OSError, AttributeError) as err:
         log.info("loading %s failed: %s", library, err)
@@ -288,3 +305,13 @@ def load() -> ctypes.CDLL | None:
     if lib is None:
         log.info("seqmodels' compiled steps are not available here; the scratch cells run their torch form")
     return lib
+
+
+@functools.cache
+def load_words() -> ctypes.CDLL | None:
+    """``words.c`` for this machine, or None where it cannot be had (module docstring). Its check
+    against the ``tokenizers`` library is :mod:`seqmodels.preprocessing`'s, which knows the reference."""
+    if os.environ.get("SEQMODELS_KERNELS", "1") == "0":
+        return None
+    cc = _compiler()
+    return _build(cc, _WORDS_SOURCE, _WORDS_SIGNATURES, "words are split by the tokenizers library") if cc else None
