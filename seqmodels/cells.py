@@ -172,12 +172,14 @@ def _once(ctx) -> None:
     ctx.used = True
 
 
-def _grads_of_projection(ctx, d_proj: Tensor, x2d: Tensor, w_ih: Tensor):
+def _grads_of_projection(ctx, d_proj: Tensor, x2d: Tensor, w_ih: Tensor, d_x: Tensor | None = None):
     """Gradients of ``x2d @ w_ih^T + b`` given the gradient of the product, ``(T*B, G)``; also that
-    gradient as the other weight-gradient products take it (in ``ctx.products`` precision)."""
+    gradient as the other weight-gradient products take it (in ``ctx.products`` precision). ``d_x``:
+    the input's gradient where the backward loop made it already."""
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     low = _lowered(d_proj, ctx.products)
-    d_x = _raised(F.linear(low, _lowered(w_ih.t(), ctx.products)), ctx.products).view(ctx.x_shape) if need_x else None
+    if d_x is None and need_x:
+        d_x = _raised(F.linear(low, _lowered(w_ih.t(), ctx.products)), ctx.products).view(ctx.x_shape)
     d_w = _weight_grad(low, x2d, ctx.products) if need_w else None  # MKL: 2.9x oneDNN's speed
     d_b = d_proj.sum(0) if need_b else None
     return d_x, d_w, d_b, low
@@ -241,8 +243,10 @@ class _RNNLayer(torch.autograd.Function):
         _once(ctx)
         x2d, w_ih, acts, hs, w_hh, mask = ctx.saved_tensors
         steps, batch, _ = acts.shape
+        d_x = x2d.new_empty(ctx.x_shape) if ctx.gemm is not None and ctx.needs_input_grad[0] else None
         if ctx.gemm is not None:
-            dh = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn, mask, relu=ctx.relu)
+            dh = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn, mask, relu=ctx.relu,
+                                    d_x=None if d_x is None else (w_ih, d_x))
         elif ctx.kernels is not None:
             hidden, relu = acts.shape[2], int(ctx.relu)
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
@@ -252,7 +256,7 @@ class _RNNLayer(torch.autograd.Function):
             dh = _rnn_backward_torch(acts, _step_weight(w_hh.t(), batch, ctx.products), d_out, d_hn, mask, ctx.relu,
                                      ctx.products)
         d_pre = acts.view(steps * batch, -1)
-        d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_pre, x2d, w_ih)
+        d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_pre, x2d, w_ih, d_x)
         d_w_hh = _weight_grad(low, hs[:-1].flatten(0, 1), ctx.products) if ctx.needs_input_grad[4] else None
         return d_x, d_w_ih, d_b, dh, d_w_hh, None, None, None, None
 
@@ -309,8 +313,10 @@ class _LSTMLayer(torch.autograd.Function):
         _once(ctx)
         x2d, w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows = ctx.saved_tensors
         steps, batch, _ = acts.shape
+        d_x = x2d.new_empty(ctx.x_shape) if ctx.gemm is not None and ctx.needs_input_grad[0] else None
         if ctx.gemm is not None:
-            dh, dc = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn, mask, (cs, tanh_cs, d_cn))
+            dh, dc = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn, mask, (cs, tanh_cs, d_cn),
+                                        d_x=None if d_x is None else (w_ih, d_x))
         elif ctx.kernels is not None:
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
             hidden = acts.shape[2] // 4
@@ -327,12 +333,13 @@ class _LSTMLayer(torch.autograd.Function):
             # over it, 71 against 85 ms for the two at 512 steps
             inputs = x2d.shape[1]
             d_w = d_gates.t() @ rows[:-1].flatten(0, 1)
-            d_x = F.linear(d_gates, w_ih.t()).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+            if d_x is None and ctx.needs_input_grad[0]:
+                d_x = F.linear(d_gates, w_ih.t()).view(ctx.x_shape)
             d_b = d_gates.sum(0) if ctx.needs_input_grad[2] else None
             d_w_ih = d_w[:, :inputs].contiguous() if ctx.needs_input_grad[1] else None
             d_w_hh = d_w[:, inputs:].contiguous() if ctx.needs_input_grad[5] else None
         else:
-            d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_gates, x2d, w_ih)
+            d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_gates, x2d, w_ih, d_x)
             d_w_hh = _weight_grad(low, hs[:-1].flatten(0, 1), ctx.products) if ctx.needs_input_grad[5] else None
         return d_x, d_w_ih, d_b, dh, dc, d_w_hh, None, None, None
 
@@ -491,8 +498,10 @@ class _GRULayer(torch.autograd.Function):
         x2d, w_ih, acts, hns, hs, w_hh, mask = ctx.saved_tensors
         steps, batch, _ = acts.shape
         d_hp = torch.empty_like(acts)  # gradient w.r.t. W_hh h + b_hh
+        d_x = x2d.new_empty(ctx.x_shape) if ctx.gemm is not None and ctx.needs_input_grad[0] else None
         if ctx.gemm is not None:
-            dh = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn_final, mask, gru=(hns, hs, d_hp))
+            dh = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn_final, mask, gru=(hns, hs, d_hp),
+                                    d_x=None if d_x is None else (w_ih, d_x))
         elif ctx.kernels is not None:
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
             hidden = acts.shape[2] // 3
@@ -502,7 +511,7 @@ class _GRULayer(torch.autograd.Function):
         else:
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
             dh = _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
-        d_x, d_w_ih, d_b_ih, _ = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih)
+        d_x, d_w_ih, d_b_ih, _ = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih, d_x)
         flat_d_hp = d_hp.view(steps * batch, -1)
         d_w_hh = (_weight_grad(_lowered(flat_d_hp, ctx.products), hs[:-1].flatten(0, 1), ctx.products)
                   if ctx.needs_input_grad[4] else None)
@@ -822,13 +831,14 @@ def _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell, trai
     return out
 
 
-def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, relu=False, gru=None):
+def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, relu=False, gru=None, d_x=None):
     """The backward pass of :func:`_forward_sequence`'s or :func:`_gru_sequence`'s training forward in one
     compiled call, the products through ``W_hh`` included, with the same slices of the hidden units:
     ``acts`` becomes the (input-side) pre-activations' gradient. ``lstm``: ``(cs, tanh_cs, d_cn)`` for an
     LSTM; ``gru``: ``(rec_n, hs, d_rec)`` for a GRU, ``d_rec`` receiving the recurrent products'
-    gradient; neither for an RNN (``relu`` its activation). Returns the gradient reaching ``h0``, and for
-    an LSTM the one reaching ``c0``."""
+    gradient; neither for an RNN (``relu`` its activation). ``d_x``: ``(w_ih, out)`` to have the input's
+    gradient made in the loop too, into ``out`` ``(T, B, I)``. Returns the gradient reaching ``h0``, and
+    for an LSTM the one reaching ``c0``."""
     steps, batch, _ = acts.shape
     hidden = w_hh.shape[1]
     slices = _Slices(kernels, gemm, hidden, batch, lambda u0, u1: w_hh[:, u0:u1].t())
@@ -837,22 +847,39 @@ def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, 
     carry = torch.zeros_like(dh)
     mask_bytes = _mask_bytes(mask)
     common = (gemm.compute, gemm.threads_local, slices.count, steps, batch, hidden)
+    inputs = _InputSlices(gemm, d_x[0], slices.count, batch) if d_x is not None else None
+    input_args = (0, None, None, None) if inputs is None else (
+        d_x[0].shape[1], inputs.addresses, inputs.bounds.data_ptr(), d_x[1].data_ptr())
     if gru is not None:
         rec_n, hs, d_rec = gru
         kernels.gru_backward_sequence(*common, slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
                                       rec_n.data_ptr(), hs.data_ptr(), d_rec.data_ptr(), d_out.data_ptr(),
-                                      dh.data_ptr(), carry.data_ptr(), _address(mask_bytes))
+                                      dh.data_ptr(), carry.data_ptr(), _address(mask_bytes), *input_args)
         return dh.add_(carry)
     if lstm is None:
         kernels.rnn_backward_sequence(*common, int(relu), slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
-                                      d_out.data_ptr(), dh.data_ptr(), carry.data_ptr(), _address(mask_bytes))
+                                      d_out.data_ptr(), dh.data_ptr(), carry.data_ptr(), _address(mask_bytes),
+                                      *input_args)
         return dh.add_(carry)
     cs, tanh_cs, d_cn = lstm
     dc = d_cn.clone(memory_format=torch.contiguous_format)
     kernels.lstm_backward_sequence(*common, slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(), cs.data_ptr(),
                                    tanh_cs.data_ptr(), d_out.data_ptr(), dc.data_ptr(), dh.data_ptr(),
-                                   carry.data_ptr(), _address(mask_bytes))
+                                   carry.data_ptr(), _address(mask_bytes), *input_args)
     return dh.add_(carry), dc
+
+
+class _InputSlices:
+    """``w_ih``'s input columns split in ``count`` slices, one a thread of the backward loop, each packed
+    as the B operand of ``(batch, G H) @ w_ih[:, slice]``: the loop's input-gradient products."""
+
+    def __init__(self, gemm, w_ih: Tensor, count: int, batch: int) -> None:
+        inputs = w_ih.shape[1]
+        bounds = [inputs * s // count for s in range(count + 1)]
+        self.packed = [gemm.pack(w_ih[:, a:b].t(), batch) if b > a else w_ih.new_empty(0)
+                       for a, b in itertools.pairwise(bounds)]
+        self.addresses = (ctypes.c_void_p * count)(*[p.data_ptr() for p in self.packed])
+        self.bounds = torch.tensor(bounds, dtype=torch.int64)
 
 
 def _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, cell):

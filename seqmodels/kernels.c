@@ -666,12 +666,17 @@ void rnn_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
    (T + 1, B, H) and tanh_c (T, B, H) as it left them. d_out: (T, B, H). An LSTM's dc: (B, H), d_cn on
    entry, the gradient reaching c0 on exit. dh: (B, H), d_hn on entry, on exit the gradient reaching h0
    through the products; carry: (B, H), zeros on entry, on exit what reaches h0 past masked steps. mask:
-   (T, B) bytes or NULL. */
+   (T, B) bytes or NULL. dx: (T, B, I), the input's gradient, (B x G H) @ W_ih a step with the
+   input-side pre-activations' gradient, each thread its slice of the I columns (in_bounds; packed_in[s]:
+   those columns of W_ih, packed as the B operand), or NULL. Made here rather than as one product after
+   the loop, with those gradients still in cache: CPU-3's LSTM training step at 128 steps, minimum of 12,
+   126.9-138.2 ms against 135.2-148.3. */
 static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
                                    int64_t B, int64_t H, const float *const *packed, const int64_t *bounds,
                                    float *acts, const float *cs, const float *tanh_c, const float *d_out, float *dc,
                                    float *dh, float *carry, const uint8_t *mask, const float *rec_n, const float *hs,
-                                   float *d_rec) {
+                                   float *d_rec, int64_t I, const float *const *packed_in, const int64_t *in_bounds,
+                                   float *dx) {
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
     const int64_t G = cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1;
@@ -714,6 +719,10 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
                 const float *d_products = cell == CELL_GRU ? d_rec + t * B * G * H : a_t;
                 compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)n, (int)(G * H), d_products,
                         (int)(G * H), packed[s], (int)n, 0.0f, dh + u0, (int)H);
+                if (dx && in_bounds[s + 1] > in_bounds[s])  /* the input's gradient, this slice's columns */
+                    compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)(in_bounds[s + 1] - in_bounds[s]),
+                            (int)(G * H), a_t, (int)(G * H), packed_in[s], (int)(in_bounds[s + 1] - in_bounds[s]), 0.0f,
+                            dx + t * B * I + in_bounds[s], (int)I);
             }
         }
         if (threads > 1)
@@ -724,16 +733,19 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
 void lstm_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
                             const float *const *packed, const int64_t *bounds, float *acts, const float *cs,
                             const float *tanh_c, const float *d_out, float *dc, float *dh, float *carry,
-                            const uint8_t *mask) {
+                            const uint8_t *mask, int64_t I, const float *const *packed_in, const int64_t *in_bounds,
+                            float *dx) {
     cell_backward_sequence(CELL_LSTM, compute_fn, threads_fn, slices, T, B, H, packed, bounds, acts, cs, tanh_c, d_out,
-                           dc, dh, carry, mask, NULL, NULL, NULL);
+                           dc, dh, carry, mask, NULL, NULL, NULL, I, packed_in, in_bounds, dx);
 }
 
 void rnn_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
                            int64_t relu, const float *const *packed, const int64_t *bounds, float *acts,
-                           const float *d_out, float *dh, float *carry, const uint8_t *mask) {
+                           const float *d_out, float *dh, float *carry, const uint8_t *mask, int64_t I,
+                           const float *const *packed_in, const int64_t *in_bounds, float *dx) {
     cell_backward_sequence(relu ? CELL_RNN_RELU : CELL_RNN_TANH, compute_fn, threads_fn, slices, T, B, H, packed,
-                           bounds, acts, NULL, NULL, d_out, NULL, dh, carry, mask, NULL, NULL, NULL);
+                           bounds, acts, NULL, NULL, d_out, NULL, dh, carry, mask, NULL, NULL, NULL, I, packed_in, in_bounds,
+                           dx);
 }
 
 /* A GRU: its reset gate multiplies the recurrent product alone, so the input's projection comes in
@@ -757,7 +769,8 @@ void gru_forward_sequence(void *compute_fn, void *threads_fn, int64_t slices, in
 void gru_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
                            const float *const *packed, const int64_t *bounds, float *gates, const float *rec_n,
                            const float *hs, float *d_rec, const float *d_out, float *dh, float *carry,
-                           const uint8_t *mask) {
+                           const uint8_t *mask, int64_t I, const float *const *packed_in, const int64_t *in_bounds,
+                           float *dx) {
     cell_backward_sequence(CELL_GRU, compute_fn, threads_fn, slices, T, B, H, packed, bounds, gates, NULL, NULL, d_out,
-                           NULL, dh, carry, mask, rec_n, hs, d_rec);
+                           NULL, dh, carry, mask, rec_n, hs, d_rec, I, packed_in, in_bounds, dx);
 }
