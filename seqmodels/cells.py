@@ -16,10 +16,11 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   the RNN's) is one call into a small C loop (``kernels.c``, compiled on first use by
   :mod:`seqmodels.kernels`) for float32 on the CPU where a C compiler is at hand; the torch form
   below stays the reference and the fallback, and the two agree to float32 rounding;
-* on an Intel CPU every cell's forward pass (training and inference) and backward pass is one compiled
-  call for the whole sequence, the recurrent products included (MKL's packed product, taken from the
-  MKL inside torch), each thread owning a slice of the hidden units: no per-step dispatch and one
-  meeting of the threads a step. The LSTM and the RNN multiply ``[x_t, h]`` in one product a step; the
+* on an x86-64 CPU every cell's forward pass (training and inference) and backward pass is one compiled
+  call for the whole sequence, the recurrent products included (on Intel CPUs MKL's packed product, taken
+  from the MKL inside torch; on others ``kernels.c``'s own), each thread owning a slice of the hidden
+  units: no per-step dispatch and one meeting of the threads a step. The backward loop makes the
+  input's gradient too, a step at a time. The LSTM and the RNN multiply ``[x_t, h]`` in one product a step; the
   GRU's reset gate multiplies the recurrent product alone, so its input projection is made first (in
   inference a chunk of steps at a time, a call per chunk);
 * in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
@@ -349,7 +350,7 @@ def _lstm_forward_compiled(ctx, kernels, x, w_ih, bias, h0, c0, w_hh, mask, prod
     :func:`_lstm_inference`) and the rest of a step's arithmetic in one compiled call. In float32 with
     oneDNN a step is one product ``[x_t, h] @ [W_ih, W_hh]^T + b`` that applies the sigmoid itself, over
     a buffer holding each step's input beside its state (the input projection is then no separate
-    product); with bf16 products, the projection first and one sigmoid call a step. On an Intel CPU in
+    product); with bf16 products, the projection first and one sigmoid call a step. On an x86-64 CPU in
     float32, :func:`_forward_sequence` instead: the whole sequence in one call (CPU-2d, 512 steps, forward
     and backward: 319-331 ms against 363-372 with a call a step)."""
     steps, batch, inputs = x.shape
@@ -753,18 +754,25 @@ def _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask):
 
 
 class _Slices:
-    """The hidden units split among the threads of the compiled sequence loops (about equal, at least 8
-    each), with each slice's share of a weight packed for MKL's product: ``rows_of(u0, u1)`` gives the
-    slice's rows (n, k) of the B operand of ``(batch, k) @ operand^T``."""
+    """``size`` units (hidden units; in the backward loop also the input's columns) split in ``count``
+    about equal slices, one a thread of the compiled sequence loops, with each slice's share of a weight
+    packed for the loops' product: ``rows_of(u0, u1)`` gives the slice's rows (n, k) of the B operand of
+    ``(batch, k) @ operand^T``. ``count``: by default :func:`_slice_count`'s for ``size`` hidden units."""
 
-    def __init__(self, kernels, gemm, hidden: int, batch: int, rows_of) -> None:
-        threads = torch.get_num_threads() if kernels.kernels_openmp() else 1
-        count = max(1, min(threads, hidden // 8))
-        bounds = [hidden * s // count for s in range(count + 1)]
+    def __init__(self, kernels, gemm, size: int, batch: int, rows_of, count: int | None = None) -> None:
+        count = count or _slice_count(kernels, size)
+        bounds = [size * s // count for s in range(count + 1)]
         self.count, self.widest = count, max(b - a for a, b in itertools.pairwise(bounds))
-        self.packed = [gemm.pack(rows_of(u0, u1), batch) for u0, u1 in itertools.pairwise(bounds)]
+        self.packed = [gemm.pack(rows_of(u0, u1), batch) if u1 > u0 else torch.empty(0)
+                       for u0, u1 in itertools.pairwise(bounds)]
         self.addresses = (ctypes.c_void_p * count)(*[p.data_ptr() for p in self.packed])
         self.bounds = torch.tensor(bounds, dtype=torch.int64)
+
+
+def _slice_count(kernels, hidden: int) -> int:
+    """The threads of the sequence loops: torch's, each with at least 8 hidden units."""
+    threads = torch.get_num_threads() if kernels.kernels_openmp() else 1
+    return max(1, min(threads, hidden // 8))
 
 
 # An evaluation multiplies by the same weights batch after batch: their packed slices are kept, by the
@@ -847,9 +855,11 @@ def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, 
     carry = torch.zeros_like(dh)
     mask_bytes = _mask_bytes(mask)
     common = (gemm.compute, gemm.threads_local, slices.count, steps, batch, hidden)
-    inputs = _InputSlices(gemm, d_x[0], slices.count, batch) if d_x is not None else None
-    input_args = (0, None, None, None) if inputs is None else (
-        d_x[0].shape[1], inputs.addresses, inputs.bounds.data_ptr(), d_x[1].data_ptr())
+    input_args = (0, None, None, None)
+    if d_x is not None:  # W_ih's columns in as many slices, held until the call returns
+        w_ih, into = d_x
+        columns = _Slices(kernels, gemm, w_ih.shape[1], batch, lambda a, b: w_ih[:, a:b].t(), slices.count)
+        input_args = (w_ih.shape[1], columns.addresses, columns.bounds.data_ptr(), into.data_ptr())
     if gru is not None:
         rec_n, hs, d_rec = gru
         kernels.gru_backward_sequence(*common, slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
@@ -867,19 +877,6 @@ def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, 
                                    tanh_cs.data_ptr(), d_out.data_ptr(), dc.data_ptr(), dh.data_ptr(),
                                    carry.data_ptr(), _address(mask_bytes), *input_args)
     return dh.add_(carry), dc
-
-
-class _InputSlices:
-    """``w_ih``'s input columns split in ``count`` slices, one a thread of the backward loop, each packed
-    as the B operand of ``(batch, G H) @ w_ih[:, slice]``: the loop's input-gradient products."""
-
-    def __init__(self, gemm, w_ih: Tensor, count: int, batch: int) -> None:
-        inputs = w_ih.shape[1]
-        bounds = [inputs * s // count for s in range(count + 1)]
-        self.packed = [gemm.pack(w_ih[:, a:b].t(), batch) if b > a else w_ih.new_empty(0)
-                       for a, b in itertools.pairwise(bounds)]
-        self.addresses = (ctypes.c_void_p * count)(*[p.data_ptr() for p in self.packed])
-        self.bounds = torch.tensor(bounds, dtype=torch.int64)
 
 
 def _inference_sequence(kernels, gemm, x, w_ih, bias, h0, w_hh, mask, cell):

@@ -1,6 +1,6 @@
 """The project's compiled C: the scratch cells' loops (``kernels.c``: the LSTM's, the GRU's and the
-RNN's, in training and inference; :func:`load`) and the word tokenizer's fast path for ASCII texts
-(``words.c``; :func:`load_words`).
+RNN's, in training and inference; :func:`load`) and the word tokenizer's split and lookup (``words.c``;
+:func:`load_words`).
 
 Built on first use with the machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
 for the CPU it runs on, cached under ``$SEQMODELS_CACHE_DIR`` (``~/.cache/seqmodels``), and
@@ -96,7 +96,6 @@ def _cpu_identity() -> str:
     """What a binary built with -march=native depends on: the CPU's model and feature flags."""
     lines = _cpuinfo()
     if not lines:
-        import platform
         return platform.processor() + platform.machine()
     return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
 
@@ -117,10 +116,14 @@ def _torch_libgomp_loaded() -> bool:
         return False
 
 
-def _build(cc: str, path: Path = _SOURCE, signatures: dict = _SIGNATURES,
+def _build(path: Path = _SOURCE, signatures: dict = _SIGNATURES,
            fallback: str = "the scratch cells run their torch form") -> ctypes.CDLL | None:
     """The library for this source, CPU and compiler, loaded: from the cache, else compiled into it;
-    ``fallback``: what runs instead, for the warnings."""
+    None with ``SEQMODELS_KERNELS=0`` or without a compiler. ``fallback``: what runs instead, for the
+    warnings."""
+    cc = _compiler()
+    if os.environ.get("SEQMODELS_KERNELS", "1") == "0" or cc is None:
+        return None
     source = path.read_bytes()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -294,10 +297,7 @@ def packed_gemm(lib: ctypes.CDLL) -> PackedGemm | CompiledGemm | None:
 @functools.cache
 def load() -> ctypes.CDLL | None:
     """The compiled step functions for this machine, or None where they cannot be had (module docstring)."""
-    if os.environ.get("SEQMODELS_KERNELS", "1") == "0":
-        return None
-    cc = _compiler()
-    lib = _build(cc) if cc else None
+    lib = _build()
     if lib is not None and not _agrees(lib):
         log.warning("seqmodels' compiled steps disagree with the torch form on this machine; using the "
                     "torch form (slower). Please report your CPU and compiler.")
@@ -311,7 +311,4 @@ def load() -> ctypes.CDLL | None:
 def load_words() -> ctypes.CDLL | None:
     """``words.c`` for this machine, or None where it cannot be had (module docstring). Its check
     against the ``tokenizers`` library is :mod:`seqmodels.preprocessing`'s, which knows the reference."""
-    if os.environ.get("SEQMODELS_KERNELS", "1") == "0":
-        return None
-    cc = _compiler()
-    return _build(cc, _WORDS_SOURCE, _WORDS_SIGNATURES, "words are split by the tokenizers library") if cc else None
+    return _build(_WORDS_SOURCE, _WORDS_SIGNATURES, "words are split by the tokenizers library")
