@@ -236,18 +236,20 @@ class _RNNLayer(torch.autograd.Function):
                 else:
                     torch.where(mask[t], h, hs[t], out=hs[t + 1])
             out = hs[1:].clone() if mask is None else hs[1:] * mask
-        ctx.save_for_backward(x2d, w_ih, acts, hs, w_hh, mask)
+            rows = None
+        ctx.save_for_backward(x2d, w_ih, acts, hs, w_hh, mask, rows)
         return out, hs[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
         _once(ctx)
-        x2d, w_ih, acts, hs, w_hh, mask = ctx.saved_tensors
+        x2d, w_ih, acts, hs, w_hh, mask, rows = ctx.saved_tensors
         steps, batch, _ = acts.shape
         d_x = x2d.new_empty(ctx.x_shape) if ctx.gemm is not None and ctx.needs_input_grad[0] else None
+        summed = _summed_weight_grads(ctx, rows, acts.shape[2], (1, 2, 4))
         if ctx.gemm is not None:
             dh = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn, mask, relu=ctx.relu,
-                                    d_x=None if d_x is None else (w_ih, d_x))
+                                    d_x=None if d_x is None else (w_ih, d_x), weight_grads=summed)
         elif ctx.kernels is not None:
             hidden, relu = acts.shape[2], int(ctx.relu)
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
@@ -256,6 +258,9 @@ class _RNNLayer(torch.autograd.Function):
         else:
             dh = _rnn_backward_torch(acts, _step_weight(w_hh.t(), batch, ctx.products), d_out, d_hn, mask, ctx.relu,
                                      ctx.products)
+        if summed is not None:
+            d_w_ih, d_b, d_w_hh = _split_weight_grads(ctx, summed, x2d.shape[1], (1, 2, 4))
+            return d_x, d_w_ih, d_b, dh, d_w_hh, None, None, None, None
         d_pre = acts.view(steps * batch, -1)
         d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_pre, x2d, w_ih, d_x)
         d_w_hh = _weight_grad(low, hs[:-1].flatten(0, 1), ctx.products) if ctx.needs_input_grad[4] else None
@@ -315,9 +320,10 @@ class _LSTMLayer(torch.autograd.Function):
         x2d, w_ih, acts, hs, cs, tanh_cs, w_hh, mask, rows = ctx.saved_tensors
         steps, batch, _ = acts.shape
         d_x = x2d.new_empty(ctx.x_shape) if ctx.gemm is not None and ctx.needs_input_grad[0] else None
+        summed = _summed_weight_grads(ctx, rows, acts.shape[2], (1, 2, 5))
         if ctx.gemm is not None:
             dh, dc = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn, mask, (cs, tanh_cs, d_cn),
-                                        d_x=None if d_x is None else (w_ih, d_x))
+                                        d_x=None if d_x is None else (w_ih, d_x), weight_grads=summed)
         elif ctx.kernels is not None:
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
             hidden = acts.shape[2] // 4
@@ -329,7 +335,9 @@ class _LSTMLayer(torch.autograd.Function):
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
             dh, dc = _lstm_backward_torch(acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, ctx.products)
         d_gates = acts.view(steps * batch, -1)
-        if rows is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[5]):
+        if summed is not None:
+            d_w_ih, d_b, d_w_hh = _split_weight_grads(ctx, summed, x2d.shape[1], (1, 2, 5))
+        elif rows is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[5]):
             # [x_t, h_t] of every step in one buffer (_lstm_forward_compiled): [dW_ih, dW_hh] is one product
             # over it, 71 against 85 ms for the two at 512 steps
             inputs = x2d.shape[1]
@@ -428,6 +436,24 @@ def _lstm_backward_torch(acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, produc
             dc_prev.addcmul_(dc, keep)
         dh, dc = dh_prev, dc_prev
     return dh, dc
+
+
+def _summed_weight_grads(ctx, rows: Tensor | None, gates: int, wanted: tuple[int, int, int]):
+    """Zeros for the backward loop to add the gradients of ``[W_ih, W_hh]`` ``(gates, I + H)`` and of the
+    bias to (:func:`_backward_sequence`'s ``weight_grads``), where the loop does that; else None.
+    ``wanted``: the forward's argument numbers of W_ih, the bias and W_hh."""
+    if (ctx.gemm is None or not ctx.gemm.sums_weight_grads or rows is None
+            or not any(ctx.needs_input_grad[i] for i in wanted)):
+        return None
+    return rows, rows.new_zeros((gates, rows.shape[2])), rows.new_zeros(gates)
+
+
+def _split_weight_grads(ctx, summed, inputs: int, wanted: tuple[int, int, int]):
+    """:func:`_summed_weight_grads`' sums as the gradients of W_ih, the bias and W_hh (None where not wanted)."""
+    _, d_w, d_b = summed
+    w_ih, b, w_hh = (ctx.needs_input_grad[i] for i in wanted)
+    return (d_w[:, :inputs].contiguous() if w_ih else None, d_b if b else None,
+            d_w[:, inputs:].contiguous() if w_hh else None)
 
 
 def _mask_bytes(mask: Tensor | None) -> Tensor | None:
@@ -839,14 +865,17 @@ def _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell, trai
     return out
 
 
-def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, relu=False, gru=None, d_x=None):
+def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, relu=False, gru=None, d_x=None,
+                       weight_grads=None):
     """The backward pass of :func:`_forward_sequence`'s or :func:`_gru_sequence`'s training forward in one
     compiled call, the products through ``W_hh`` included, with the same slices of the hidden units:
     ``acts`` becomes the (input-side) pre-activations' gradient. ``lstm``: ``(cs, tanh_cs, d_cn)`` for an
     LSTM; ``gru``: ``(rec_n, hs, d_rec)`` for a GRU, ``d_rec`` receiving the recurrent products'
     gradient; neither for an RNN (``relu`` its activation). ``d_x``: ``(w_ih, out)`` to have the input's
-    gradient made in the loop too, into ``out`` ``(T, B, I)``. Returns the gradient reaching ``h0``, and
-    for an LSTM the one reaching ``c0``."""
+    gradient made in the loop too, into ``out`` ``(T, B, I)``. ``weight_grads``: ``(rows, d_w, d_b)``, an
+    LSTM's or RNN's ``[x_t, h_t]`` buffers (:func:`_forward_sequence`) and zeros to add the gradients of
+    ``[W_ih, W_hh]`` and the bias to, in the loop (``gemm.sums_weight_grads``). Returns the gradient
+    reaching ``h0``, and for an LSTM the one reaching ``c0``."""
     steps, batch, _ = acts.shape
     hidden = w_hh.shape[1]
     slices = _Slices(kernels, gemm, hidden, batch, lambda u0, u1: w_hh[:, u0:u1].t())
@@ -866,16 +895,20 @@ def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, 
                                       rec_n.data_ptr(), hs.data_ptr(), d_rec.data_ptr(), d_out.data_ptr(),
                                       dh.data_ptr(), carry.data_ptr(), _address(mask_bytes), *input_args)
         return dh.add_(carry)
+    weight_args = (0, None, None, None)
+    if weight_grads is not None:
+        rows, d_w, d_b = weight_grads
+        weight_args = (rows.shape[2], rows.data_ptr(), d_w.data_ptr(), d_b.data_ptr())
     if lstm is None:
         kernels.rnn_backward_sequence(*common, int(relu), slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
                                       d_out.data_ptr(), dh.data_ptr(), carry.data_ptr(), _address(mask_bytes),
-                                      *input_args)
+                                      *input_args, *weight_args)
         return dh.add_(carry)
     cs, tanh_cs, d_cn = lstm
     dc = d_cn.clone(memory_format=torch.contiguous_format)
     kernels.lstm_backward_sequence(*common, slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(), cs.data_ptr(),
                                    tanh_cs.data_ptr(), d_out.data_ptr(), dc.data_ptr(), dh.data_ptr(),
-                                   carry.data_ptr(), _address(mask_bytes), *input_args)
+                                   carry.data_ptr(), _address(mask_bytes), *input_args, *weight_args)
     return dh.add_(carry), dc
 
 

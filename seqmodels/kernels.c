@@ -433,6 +433,67 @@ void sgemm_compute(int layout, int transa, int transb, int m, int n, int k, cons
     }
 }
 
+/* One step's share of a weight gradient, added up in the backward loop while the step's gradients are
+   in cache (the loop's threads own disjoint rows of it): for each of `gates` blocks H apart, the rows
+   u0 .. u0 + n of dw (ldw = W) get d^T x, d being those columns of the step's gradient (K x G*H, ldd)
+   and x (K x W, ldx) what they multiplied, and db (when given) the columns' sums. A tile is GEMM_MR
+   rows of dw by two vectors' worth of columns, held in registers through the K = batch rows. */
+static inline __attribute__((always_inline)) void grad_tile(const int mr, int64_t K, const float *restrict d,
+        int64_t ldd, const float *restrict x, int64_t ldx, float *restrict c, int64_t ldc) {
+    gemm_vec acc[GEMM_MR][2];
+    for (int i = 0; i < mr; i++) {
+        acc[i][0] = *(const gemm_vec *)(c + i * ldc);
+        acc[i][1] = *(const gemm_vec *)(c + i * ldc + GEMM_W);
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const gemm_vec x0 = *(const gemm_vec *)(x + k * ldx);
+        const gemm_vec x1 = *(const gemm_vec *)(x + k * ldx + GEMM_W);
+        for (int i = 0; i < mr; i++) {
+            const float s = d[k * ldd + i];
+            acc[i][0] += s * x0;
+            acc[i][1] += s * x1;
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        *(gemm_vec *)(c + i * ldc) = acc[i][0];
+        *(gemm_vec *)(c + i * ldc + GEMM_W) = acc[i][1];
+    }
+}
+
+#define GRAD_ROWS(r) case r: grad_tile(r, K, d + i, ldd, x + j, ldx, dw + i * W + j, W); break;
+
+static void accumulate_weight_grad(int64_t gates, int64_t H, int64_t u0, int64_t n, int64_t K, const float *d_step,
+                                   int64_t ldd, const float *x, int64_t ldx, int64_t W, float *dw_all, float *db) {
+    const int64_t full = W - W % GEMM_NR;
+    for (int64_t g = 0; g < gates; g++) {
+        const float *d = d_step + g * H + u0;
+        float *dw = dw_all + (g * H + u0) * W;
+        for (int64_t j = 0; j < full; j += GEMM_NR) {
+            int64_t i = 0;
+            for (; i + GEMM_MR <= n; i += GEMM_MR)
+                grad_tile(GEMM_MR, K, d + i, ldd, x + j, ldx, dw + i * W + j, W);
+            switch (n - i) {
+                GRAD_ROWS(1) GRAD_ROWS(2) GRAD_ROWS(3) GRAD_ROWS(4) GRAD_ROWS(5)
+#if GEMM_MR > 6
+                GRAD_ROWS(6) GRAD_ROWS(7)
+#endif
+                default: break;
+            }
+        }
+        if (full < W)  /* the columns short of a tile */
+            for (int64_t k = 0; k < K; k++)
+                for (int64_t i = 0; i < n; i++) {
+                    const float s = d[k * ldd + i];
+                    float *restrict c = dw + i * W;
+                    const float *restrict xr = x + k * ldx;
+                    for (int64_t j = full; j < W; j++) c[j] += s * xr[j];
+                }
+        if (db)
+            for (int64_t k = 0; k < K; k++)
+                for (int64_t i = 0; i < n; i++) db[g * H + u0 + i] += d[k * ldd + i];
+    }
+}
+
 /* sgemm_compute starts no threads of its own: mkl_set_num_threads_local's place, a no-op */
 int sgemm_threads_local(int threads) {
     (void)threads;
@@ -676,7 +737,7 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
                                    float *acts, const float *cs, const float *tanh_c, const float *d_out, float *dc,
                                    float *dh, float *carry, const uint8_t *mask, const float *rec_n, const float *hs,
                                    float *d_rec, int64_t I, const float *const *packed_in, const int64_t *in_bounds,
-                                   float *dx) {
+                                   float *dx, int64_t W, const float *w_rows, float *dw, float *db) {
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
     const int64_t G = cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1;
@@ -711,6 +772,8 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
                             for (int64_t j = 0; j < n; j++) { float d = dr[j] + cr[j] + dout[j]; a[j] = d * (1.0f - a[j] * a[j]); cr[j] = 0.0f; }
                     }
                 }
+                if (dw)  /* [dW_ih, dW_hh] and the bias's: this slice's rows, from [x_t, h_{t-1}] */
+                    accumulate_weight_grad(G, H, u0, n, B, a_t, G * H, w_rows + t * B * W, W, W, dw, db);
             }
             #pragma omp barrier
             for (int64_t s = p; s < slices; s += threads) {
@@ -734,18 +797,19 @@ void lstm_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, 
                             const float *const *packed, const int64_t *bounds, float *acts, const float *cs,
                             const float *tanh_c, const float *d_out, float *dc, float *dh, float *carry,
                             const uint8_t *mask, int64_t I, const float *const *packed_in, const int64_t *in_bounds,
-                            float *dx) {
+                            float *dx, int64_t W, const float *w_rows, float *dw, float *db) {
     cell_backward_sequence(CELL_LSTM, compute_fn, threads_fn, slices, T, B, H, packed, bounds, acts, cs, tanh_c, d_out,
-                           dc, dh, carry, mask, NULL, NULL, NULL, I, packed_in, in_bounds, dx);
+                           dc, dh, carry, mask, NULL, NULL, NULL, I, packed_in, in_bounds, dx, W, w_rows, dw, db);
 }
 
 void rnn_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
                            int64_t relu, const float *const *packed, const int64_t *bounds, float *acts,
                            const float *d_out, float *dh, float *carry, const uint8_t *mask, int64_t I,
-                           const float *const *packed_in, const int64_t *in_bounds, float *dx) {
+                           const float *const *packed_in, const int64_t *in_bounds, float *dx, int64_t W,
+                           const float *w_rows, float *dw, float *db) {
     cell_backward_sequence(relu ? CELL_RNN_RELU : CELL_RNN_TANH, compute_fn, threads_fn, slices, T, B, H, packed,
                            bounds, acts, NULL, NULL, d_out, NULL, dh, carry, mask, NULL, NULL, NULL, I, packed_in, in_bounds,
-                           dx);
+                           dx, W, w_rows, dw, db);
 }
 
 /* A GRU: its reset gate multiplies the recurrent product alone, so the input's projection comes in
@@ -772,5 +836,5 @@ void gru_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, i
                            const uint8_t *mask, int64_t I, const float *const *packed_in, const int64_t *in_bounds,
                            float *dx) {
     cell_backward_sequence(CELL_GRU, compute_fn, threads_fn, slices, T, B, H, packed, bounds, gates, NULL, NULL, d_out,
-                           NULL, dh, carry, mask, rec_n, hs, d_rec, I, packed_in, in_bounds, dx);
+                           NULL, dh, carry, mask, rec_n, hs, d_rec, I, packed_in, in_bounds, dx, 0, NULL, NULL, NULL);
 }

@@ -51,9 +51,9 @@ _SIGNATURES = {
     "rnn_backward_step": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
     "lstm_infer_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 9,
     "lstm_forward_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 11,
-    "lstm_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10 + [_i64] + [_ptr] * 3,
+    "lstm_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10 + [_i64] + [_ptr] * 3 + [_i64] + [_ptr] * 3,
     "rnn_sequence": [_ptr, _ptr] + [_i64] * 6 + [_ptr] * 9,
-    "rnn_backward_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 7 + [_i64] + [_ptr] * 3,
+    "rnn_backward_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 7 + [_i64] + [_ptr] * 3 + [_i64] + [_ptr] * 3,
     "gru_infer_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 8,
     "gru_forward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 9,
     "gru_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10 + [_i64] + [_ptr] * 3,
@@ -239,6 +239,9 @@ class PackedGemm:
     ``cblas_sgemm_compute`` and ``mkl_set_num_threads_local``, for the compiled sequence loop."""
 
     _ROW_MAJOR, _B_MATRIX, _TRANS = 101, 162, 112
+    # The weight gradients stay one MKL product after the loop: measured on Intel (CPU-2d), where
+    # summing them in the loop (CompiledGemm's) has not been
+    sums_weight_grads = False
 
     def __init__(self, library: ctypes.CDLL) -> None:
         self._size = library.cblas_sgemm_pack_get_size
@@ -261,6 +264,10 @@ class PackedGemm:
 
 class CompiledGemm:
     """``kernels.c``'s own product for the sequence loops, with :class:`PackedGemm`'s interface."""
+
+    # The backward loop adds up the weight and bias gradients itself, a step at a time while the step's
+    # gradients are in cache, instead of one MKL product after it (CPU-3, docs/results.md)
+    sums_weight_grads = True
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib, self._panel = lib, lib.sgemm_panel_width()

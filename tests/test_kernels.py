@@ -66,7 +66,8 @@ def compiled_loop(request, monkeypatch):
 
 @needs_compiled
 @pytest.mark.parametrize("ragged", [False, True])
-@pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
+# (9, 6, 37, 45): [x, h] 82 wide and slices of 22 and 23 units, remainders past the weight gradient's tiles
+@pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1), (9, 6, 37, 45)])
 def test_compiled_step_matches_the_torch_form(steps, batch, inputs, hidden, ragged, compiled_loop):
     """Outputs, final states, every gradient and the inference path (which crosses a 64-step chunk at
     70 steps), for odd sizes that leave remainders after the vector loops."""
@@ -130,7 +131,7 @@ def test_compiled_gru_training_matches_the_torch_form(steps, batch, inputs, hidd
 @needs_compiled
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("ragged", [False, True])
-@pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
+@pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1), (9, 6, 37, 45)])
 def test_compiled_rnn_training_matches_the_torch_form(steps, batch, inputs, hidden, ragged, nonlinearity,
                                                      compiled_loop):
     (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 3, ragged=ragged)
