@@ -1,7 +1,7 @@
 """Speed of the scratch backbones against torch.nn's native kernels.
 
 Prints one table per cell type: the training step (forward + backward) and inference,
-in milliseconds and tokens per second, scratch vs native and their ratio.
+in milliseconds and tokens per second, scratch vs native and their ratio (the two run in turn).
 
     python benchmarks/backbones.py                      # CPU, batch 64, T in {128, 512}
     python benchmarks/backbones.py --device cuda        # on a GPU (native = cuDNN)
@@ -26,21 +26,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _timed_ms(fn, device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1000
+
+
 def median_ms(fn, device: torch.device, repeats: int, warmup: int) -> float:
     """Median wall time of ``fn`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
+    return statistics.median(paired_ms({"fn": fn}, device, repeats, warmup)["fn"])
+
+
+def paired_ms(fns: dict, device: torch.device, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Wall times of each of ``fns`` in milliseconds, the functions run in turn ``repeats`` times: on a
+    shared machine whose speed drifts (CPU-3 had phases 1.3-1.7x slower, for seconds to minutes), times
+    taken side by side see the same phase, which a block of one kind then a block of the other did not."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     _sync(device)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            times[name].append(_timed_ms(fn, device))
+    return times
 
 
-def measure(cls, impl: str, args, steps: int, device: torch.device) -> tuple[float, float]:
+def passes(cls, impl: str, args, steps: int, device: torch.device):
+    """The training step (forward + backward) and the inference pass of one backbone."""
     torch.manual_seed(0)
     model = cls(args.input_size, args.hidden_size, num_layers=args.layers, impl=impl).to(device)
     x = torch.randn(args.batch, steps, args.input_size, device=device, requires_grad=True)
@@ -57,7 +71,7 @@ def measure(cls, impl: str, args, steps: int, device: torch.device) -> tuple[flo
     def infer():
         model(x, lengths=lengths)
 
-    return median_ms(train_step, device, args.repeats, args.warmup), median_ms(infer, device, args.repeats, args.warmup)
+    return train_step, infer
 
 
 def main() -> None:
@@ -83,17 +97,21 @@ def main() -> None:
     print(describe() if device.type == "cpu" else f"# torch {torch.__version__} on {torch.cuda.get_device_name(device)}")
     print(f"# batch {args.batch}, input {args.input_size}, "
           f"hidden {args.hidden_size}, layers {args.layers}, float32, {'ragged' if args.lengths else 'full'} lengths")
+    print("# native and scratch run in turn; ms: medians; scratch/native: the median of each turn's ratio")
     cells = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
     for cell in args.cells:
         print(f"\n## {cell}\n")
         print("| steps | pass | native ms | scratch ms | native tok/s | scratch tok/s | scratch/native |")
         print("|---:|---|---:|---:|---:|---:|---:|")
         for steps in args.steps:
-            native = measure(cells[cell], "native", args, steps, device)
-            scratch = measure(cells[cell], "scratch", args, steps, device)
+            native = passes(cells[cell], "native", args, steps, device)
+            scratch = passes(cells[cell], "scratch", args, steps, device)
             tokens = args.batch * steps
-            for label, n, s in (("train", native[0], scratch[0]), ("infer", native[1], scratch[1])):
-                print(f"| {steps} | {label} | {n:.1f} | {s:.1f} | {tokens / n * 1000:,.0f} | {tokens / s * 1000:,.0f} | {s / n:.2f}x |",
+            for label, n_fn, s_fn in (("train", native[0], scratch[0]), ("infer", native[1], scratch[1])):
+                times = paired_ms({"native": n_fn, "scratch": s_fn}, device, args.repeats, args.warmup)
+                n, s = statistics.median(times["native"]), statistics.median(times["scratch"])
+                ratio = statistics.median(b / a for a, b in zip(times["native"], times["scratch"]))
+                print(f"| {steps} | {label} | {n:.1f} | {s:.1f} | {tokens / n * 1000:,.0f} | {tokens / s * 1000:,.0f} | {ratio:.2f}x |",
                       flush=True)
 
 
