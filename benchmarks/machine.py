@@ -19,9 +19,11 @@ def describe() -> str:
                 flags = line
     except (OSError, subprocess.CalledProcessError):
         pass
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
     avx512 = "avx512f" in flags.split()
     kind = "AVX-512" if avx512 else "AVX2, no AVX-512"
-    if isa:
-        kind += f", limited by ONEDNN_MAX_CPU_ISA={isa}"
+    # what an AVX-512 CPU is limited to when it stands in for one without (docs/results.md)
+    limits = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                        "MKL_ENABLE_INSTRUCTIONS", "CC") if os.environ.get(name)]
+    if limits:
+        kind += f", limited by {' '.join(limits)}; torch's kernels: {torch.backends.cpu.get_cpu_capability()}"
     return f"# {model} ({kind}), {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
