@@ -750,7 +750,9 @@ void rnn_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
    input-side pre-activations' gradient, each thread its slice of the I columns (in_bounds; packed_in[s]:
    those columns of W_ih, packed as the B operand), or NULL. Made here rather than as one product after
    the loop, with those gradients still in cache: CPU-3's LSTM training step at 128 steps, minimum of 12,
-   126.9-138.2 ms against 135.2-148.3. */
+   126.9-138.2 ms against 135.2-148.3. dw (G H, W) and db (G H), zeros on entry (or NULL): the LSTM's and
+   RNN's [W_ih, W_hh] and bias gradients, summed here from w_rows, the forward's [x_t, h_t] buffers
+   (T + 1, B, W = I + H), each thread its slices' rows (accumulate_weight_grad). */
 static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
                                    int64_t B, int64_t H, const float *const *packed, const int64_t *bounds,
                                    float *acts, const float *cs, const float *tanh_c, const float *d_out, float *dc,
