@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--encoding-only", action="store_true")
     parser.add_argument("--skip-encoding", action="store_true")
     args, passed = parser.parse_known_args()  # the rest goes to every fit, e.g. --model.backbone.init_args.impl native
+    sys.argv = sys.argv[:1]  # this script's options: LightningCLI, given args=, warns when sys.argv has more
     print(describe())
     if not args.skip_encoding:
         encoding(args.megabytes, Path(args.data_dir) / "tinyshakespeare" / "input.txt")

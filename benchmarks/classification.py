@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--encoding-only", action="store_true")
     parser.add_argument("--skip-encoding", action="store_true")
     args, passed = parser.parse_known_args()  # the rest goes to every fit, e.g. --trainer.max_epochs 1
+    sys.argv = sys.argv[:1]  # this script's options: LightningCLI, given args=, warns when sys.argv has more
     print(describe())
 
     if not args.skip_encoding:

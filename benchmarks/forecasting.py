@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--hindsight", action="store_true",
                         help="only print seasonal ARIMA's one-step RMSE with parameters fitted on the test months too")
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # this script's options: LightningCLI, given args=, warns when sys.argv has more
 
     import logging
 

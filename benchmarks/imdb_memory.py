@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--test-batches", type=int, default=0, help="0: the whole test split")
     parser.add_argument("overrides", nargs="*", help="CLI overrides after --")
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # this script's options: LightningCLI, given args=, warns when sys.argv has more
     print(describe())
     rows = []
 
