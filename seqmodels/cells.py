@@ -440,14 +440,23 @@ def _lstm_backward_torch(acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, produc
     return dh, dc
 
 
-def _summed_weight_grads(ctx, rows: Tensor | None, gates: int, wanted: tuple[int, int, int]):
-    """Zeros for the backward loop to add the gradients of ``[W_ih, W_hh]`` ``(gates, I + H)`` and of the
-    bias to (:func:`_backward_sequence`'s ``weight_grads``), where the loop does that; else None.
-    ``wanted``: the forward's argument numbers of W_ih, the bias and W_hh."""
+def _summed_weight_grads(ctx, rows: Tensor | None, gates: int, wanted: tuple[int, ...]):
+    """Zeros for the backward loop to add a weight's gradient ``(gates, rows.shape[2])`` and its bias's to,
+    with ``rows`` what the weight multiplied (:func:`_backward_sequence`'s ``weight_grads``), where the loop
+    does that; else None. ``wanted``: the forward's argument numbers of the parameters they are for (an
+    LSTM's or RNN's W_ih, bias and W_hh, their weight being ``[W_ih, W_hh]``)."""
     if (ctx.gemm is None or not ctx.gemm.sums_weight_grads or rows is None
             or not any(ctx.needs_input_grad[i] for i in wanted)):
         return None
     return rows, rows.new_zeros((gates, rows.shape[2])), rows.new_zeros(gates)
+
+
+def _wanted_sums(ctx, summed, wanted: tuple[int, int]):
+    """:func:`_summed_weight_grads`' sums (a weight's and its bias's gradients) where the forward's arguments
+    numbered ``wanted`` need them, else None."""
+    if summed is None:
+        return None, None
+    return tuple(t if ctx.needs_input_grad[i] else None for t, i in zip(summed[1:], wanted))
 
 
 def _split_weight_grads(ctx, summed, inputs: int, wanted: tuple[int, int, int]):
@@ -528,9 +537,13 @@ class _GRULayer(torch.autograd.Function):
         steps, batch, _ = acts.shape
         d_hp = torch.empty_like(acts)  # gradient w.r.t. W_hh h + b_hh
         d_x = x2d.new_empty(ctx.x_shape) if ctx.gemm is not None and ctx.needs_input_grad[0] else None
+        gates = acts.shape[2]
+        summed_ih = _summed_weight_grads(ctx, x2d.contiguous().view(steps, batch, -1), gates, (1, 2))
+        summed_hh = _summed_weight_grads(ctx, hs, gates, (4, 5))
         if ctx.gemm is not None:
             dh = _backward_sequence(ctx.kernels, ctx.gemm, acts, w_hh, d_out, d_hn_final, mask, gru=(hns, hs, d_hp),
-                                    d_x=None if d_x is None else (w_ih, d_x))
+                                    d_x=None if d_x is None else (w_ih, d_x), weight_grads=summed_ih,
+                                    rec_weight_grads=summed_hh)
         elif ctx.kernels is not None:
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
             hidden = acts.shape[2] // 3
@@ -540,6 +553,10 @@ class _GRULayer(torch.autograd.Function):
         else:
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
             dh = _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
+        if ctx.gemm is not None and ctx.gemm.sums_weight_grads:  # the loop made them all
+            d_w_ih, d_b_ih = _wanted_sums(ctx, summed_ih, (1, 2))
+            d_w_hh, d_b_hh = _wanted_sums(ctx, summed_hh, (4, 5))
+            return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh if ctx.has_b_hh else None, None, None, None
         d_x, d_w_ih, d_b_ih, _ = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih, d_x)
         flat_d_hp = d_hp.view(steps * batch, -1)
         d_w_hh = (_weight_grad(_lowered(flat_d_hp, ctx.products), hs[:-1].flatten(0, 1), ctx.products)
@@ -868,7 +885,7 @@ def _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell, trai
 
 
 def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, relu=False, gru=None, d_x=None,
-                       weight_grads=None):
+                       weight_grads=None, rec_weight_grads=None):
     """The backward pass of :func:`_forward_sequence`'s or :func:`_gru_sequence`'s training forward in one
     compiled call, the products through ``W_hh`` included, with the same slices of the hidden units:
     ``acts`` becomes the (input-side) pre-activations' gradient. ``lstm``: ``(cs, tanh_cs, d_cn)`` for an
@@ -876,8 +893,9 @@ def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, 
     gradient; neither for an RNN (``relu`` its activation). ``d_x``: ``(w_ih, out)`` to have the input's
     gradient made in the loop too, into ``out`` ``(T, B, I)``. ``weight_grads``: ``(rows, d_w, d_b)``, an
     LSTM's or RNN's ``[x_t, h_t]`` buffers (:func:`_forward_sequence`) and zeros to add the gradients of
-    ``[W_ih, W_hh]`` and the bias to, in the loop (``gemm.sums_weight_grads``). Returns the gradient
-    reaching ``h0``, and for an LSTM the one reaching ``c0``."""
+    ``[W_ih, W_hh]`` and the bias to, in the loop (``gemm.sums_weight_grads``); a GRU's inputs ``(T, B, I)``
+    and W_ih's and b_ih's, with ``rec_weight_grads`` ``(hs, d_w_hh, d_b_hh)`` for W_hh's and b_hh's. Returns
+    the gradient reaching ``h0``, and for an LSTM the one reaching ``c0``."""
     steps, batch, _ = acts.shape
     hidden = w_hh.shape[1]
     slices = _Slices(kernels, gemm, hidden, batch, lambda u0, u1: w_hh[:, u0:u1].t())
@@ -891,16 +909,19 @@ def _backward_sequence(kernels, gemm, acts, w_hh, d_out, d_hn, mask, lstm=None, 
         w_ih, into = d_x
         columns = _Slices(kernels, gemm, w_ih.shape[1], batch, lambda a, b: w_ih[:, a:b].t(), slices.count)
         input_args = (w_ih.shape[1], columns.addresses, columns.bounds.data_ptr(), into.data_ptr())
-    if gru is not None:
-        rec_n, hs, d_rec = gru
-        kernels.gru_backward_sequence(*common, slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
-                                      rec_n.data_ptr(), hs.data_ptr(), d_rec.data_ptr(), d_out.data_ptr(),
-                                      dh.data_ptr(), carry.data_ptr(), _address(mask_bytes), *input_args)
-        return dh.add_(carry)
     weight_args = (0, None, None, None)
     if weight_grads is not None:
         rows, d_w, d_b = weight_grads
         weight_args = (rows.shape[2], rows.data_ptr(), d_w.data_ptr(), d_b.data_ptr())
+    if gru is not None:
+        rec_n, hs, d_rec = gru
+        rec_args = (None, None) if rec_weight_grads is None else (rec_weight_grads[1].data_ptr(),
+                                                                   rec_weight_grads[2].data_ptr())
+        kernels.gru_backward_sequence(*common, slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
+                                      rec_n.data_ptr(), hs.data_ptr(), d_rec.data_ptr(), d_out.data_ptr(),
+                                      dh.data_ptr(), carry.data_ptr(), _address(mask_bytes), *input_args,
+                                      *weight_args, *rec_args)
+        return dh.add_(carry)
     if lstm is None:
         kernels.rnn_backward_sequence(*common, int(relu), slices.addresses, slices.bounds.data_ptr(), acts.data_ptr(),
                                       d_out.data_ptr(), dh.data_ptr(), carry.data_ptr(), _address(mask_bytes),

@@ -438,11 +438,12 @@ void sgemm_compute(int layout, int transa, int transb, int m, int n, int k, cons
    in cache (the loop's threads own disjoint rows of it): for each of `gates` blocks H apart, the rows
    u0 .. u0 + n of dw (ldw = W) get d^T x, d being those columns of the step's gradient (K x G*H, ldd)
    and x (K x W, ldx) what they multiplied, and db (when given) the columns' sums. A tile is GEMM_MR
-   rows of dw by two vectors' worth of columns, held in registers through the K = batch rows. Read
-   where they lie, a tile's GEMM_MR columns of d are K lines G*H floats apart (4 KB at hidden 256: all
-   in one set of L1, evicting each other), so they are first copied tile by tile into `pack`
-   (K x GEMM_MR each, K * n rounded up to GEMM_MR floats; NULL: read in place): on CPU-3 with AVX2 code, read in place they
-   made the LSTM's backward pass 8% slower than one MKL product after the loop. */
+   rows of dw by two vectors' worth of columns (one past the last such tile, then scalars), held in
+   registers through the K = batch rows. Read where they lie, a tile's GEMM_MR columns of d are K lines
+   G*H floats apart (4 KB at hidden 256: all in one set of L1, evicting each other), so they are first
+   copied tile by tile into `pack` (K x GEMM_MR each, K * n rounded up to GEMM_MR floats; NULL: read in
+   place): on CPU-3 with AVX2 code, read in place they made the LSTM's backward pass 8% slower than one
+   MKL product after the loop. */
 static inline __attribute__((always_inline)) void grad_tile(const int mr, const int vecs, int64_t K,
         const float *restrict d, int64_t ld, const float *restrict x, int64_t ldx, float *restrict c, int64_t ldc) {
     gemm_vec acc[GEMM_MR][2];
@@ -460,7 +461,7 @@ static inline __attribute__((always_inline)) void grad_tile(const int mr, const 
         for (int v = 0; v < vecs; v++) *(gemm_vec *)(c + i * ldc + v * GEMM_W) = acc[i][v];
 }
 
-/* The rows of a slice, GEMM_MR at a time then the rest, against `vecs` vectors' worth of columns from j */
+/* The rows of a slice, GEMM_MR at a time then the rest, against `vecs` vectors' worth of columns of x */
 static inline __attribute__((always_inline)) void grad_rows(const int vecs, int64_t n, int64_t K, const float *d,
         int64_t ldd, const float *pack, const float *x, int64_t ldx, float *dw, int64_t W) {
     const int64_t ld = pack ? GEMM_MR : ldd;  /* from a tile's row k of d to its row k + 1 */
@@ -752,13 +753,15 @@ void rnn_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
    the loop, with those gradients still in cache: CPU-3's LSTM training step at 128 steps, minimum of 12,
    126.9-138.2 ms against 135.2-148.3. dw (G H, W) and db (G H), zeros on entry (or NULL): the LSTM's and
    RNN's [W_ih, W_hh] and bias gradients, summed here from w_rows, the forward's [x_t, h_t] buffers
-   (T + 1, B, W = I + H), each thread its slices' rows (accumulate_weight_grad). */
+   (T + 1, B, W = I + H), each thread its slices' rows (accumulate_weight_grad); for a GRU W_ih's from
+   w_rows = x (T, B, I), and dw_rec, db_rec (or NULL) W_hh's and b_hh's from d_rec and hs. */
 static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
                                    int64_t B, int64_t H, const float *const *packed, const int64_t *bounds,
                                    float *acts, const float *cs, const float *tanh_c, const float *d_out, float *dc,
                                    float *dh, float *carry, const uint8_t *mask, const float *rec_n, const float *hs,
                                    float *d_rec, int64_t I, const float *const *packed_in, const int64_t *in_bounds,
-                                   float *dx, int64_t W, const float *w_rows, float *dw, float *db) {
+                                   float *dx, int64_t W, const float *w_rows, float *dw, float *db, float *dw_rec,
+                                   float *db_rec) {
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
     const int64_t G = cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1;
@@ -768,7 +771,7 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
         const int64_t widest = widest_slice(slices, bounds);
         /* where the weight gradient's tiles are copied to (NULL: read in place, slower, still right) */
-        float *pack = dw ? malloc((size_t)(B * (widest + GEMM_MR)) * sizeof(float)) : NULL;
+        float *pack = dw || dw_rec ? malloc((size_t)(B * (widest + GEMM_MR)) * sizeof(float)) : NULL;
         for (int64_t t = T - 1; t >= 0; t--) {
             float *a_t = acts + t * B * G * H;
             const uint8_t *m = mask ? mask + t * B : NULL;
@@ -796,8 +799,11 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
                             for (int64_t j = 0; j < n; j++) { float d = dr[j] + cr[j] + dout[j]; a[j] = d * (1.0f - a[j] * a[j]); cr[j] = 0.0f; }
                     }
                 }
-                if (dw)  /* [dW_ih, dW_hh] and the bias's: this slice's rows, from [x_t, h_{t-1}] */
+                if (dw)  /* this slice's rows of [dW_ih, dW_hh] from [x_t, h_{t-1}] (a GRU's dW_ih from x_t), db's */
                     accumulate_weight_grad(G, H, u0, n, B, a_t, G * H, w_rows + t * B * W, W, W, dw, db, pack);
+                if (dw_rec)  /* a GRU's dW_hh and db_hh, from its recurrent products' gradient and h_{t-1} */
+                    accumulate_weight_grad(G, H, u0, n, B, d_rec + t * B * G * H, G * H, hs + t * B * H, H, H, dw_rec,
+                                           db_rec, pack);
             }
             #pragma omp barrier
             for (int64_t s = p; s < slices; s += threads) {
@@ -824,7 +830,8 @@ void lstm_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, 
                             const uint8_t *mask, int64_t I, const float *const *packed_in, const int64_t *in_bounds,
                             float *dx, int64_t W, const float *w_rows, float *dw, float *db) {
     cell_backward_sequence(CELL_LSTM, compute_fn, threads_fn, slices, T, B, H, packed, bounds, acts, cs, tanh_c, d_out,
-                           dc, dh, carry, mask, NULL, NULL, NULL, I, packed_in, in_bounds, dx, W, w_rows, dw, db);
+                           dc, dh, carry, mask, NULL, NULL, NULL, I, packed_in, in_bounds, dx, W, w_rows, dw, db, NULL,
+                           NULL);
 }
 
 void rnn_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,
@@ -834,7 +841,7 @@ void rnn_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, i
                            const float *w_rows, float *dw, float *db) {
     cell_backward_sequence(relu ? CELL_RNN_RELU : CELL_RNN_TANH, compute_fn, threads_fn, slices, T, B, H, packed,
                            bounds, acts, NULL, NULL, d_out, NULL, dh, carry, mask, NULL, NULL, NULL, I, packed_in, in_bounds,
-                           dx, W, w_rows, dw, db);
+                           dx, W, w_rows, dw, db, NULL, NULL);
 }
 
 /* A GRU: its reset gate multiplies the recurrent product alone, so the input's projection comes in
@@ -859,7 +866,9 @@ void gru_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, i
                            const float *const *packed, const int64_t *bounds, float *gates, const float *rec_n,
                            const float *hs, float *d_rec, const float *d_out, float *dh, float *carry,
                            const uint8_t *mask, int64_t I, const float *const *packed_in, const int64_t *in_bounds,
-                           float *dx) {
+                           float *dx, int64_t W, const float *x, float *dw_ih, float *db_ih, float *dw_hh,
+                           float *db_hh) {
     cell_backward_sequence(CELL_GRU, compute_fn, threads_fn, slices, T, B, H, packed, bounds, gates, NULL, NULL, d_out,
-                           NULL, dh, carry, mask, rec_n, hs, d_rec, I, packed_in, in_bounds, dx, 0, NULL, NULL, NULL);
+                           NULL, dh, carry, mask, rec_n, hs, d_rec, I, packed_in, in_bounds, dx, W, x, dw_ih, db_ih,
+                           dw_hh, db_hh);
 }

@@ -56,7 +56,7 @@ _SIGNATURES = {
     "rnn_backward_sequence": [_ptr, _ptr] + [_i64] * 5 + [_ptr] * 7 + [_i64] + [_ptr] * 3 + [_i64] + [_ptr] * 3,
     "gru_infer_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 8,
     "gru_forward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 9,
-    "gru_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10 + [_i64] + [_ptr] * 3,
+    "gru_backward_sequence": [_ptr, _ptr] + [_i64] * 4 + [_ptr] * 10 + [_i64] + [_ptr] * 3 + [_i64] + [_ptr] * 5,
     "kernels_openmp": [],
     "sgemm_panel_width": [],
     "sgemm_pack": [_i64, _i64, _ptr, _ptr],

@@ -121,10 +121,29 @@ def test_compiled_gru_and_rnn_inference_match_the_torch_form(cell, steps, batch,
 
 @needs_compiled
 @pytest.mark.parametrize("ragged", [False, True])
-@pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1)])
+@pytest.mark.parametrize("steps,batch,inputs,hidden", [(7, 5, 3, 19), (70, 16, 8, 32), (3, 1, 2, 1), (9, 6, 37, 45)])
 def test_compiled_gru_training_matches_the_torch_form(steps, batch, inputs, hidden, ragged, compiled_loop):
     (x, w_ih, bias, h0, _, w_hh), mask = _layer_inputs(steps, batch, inputs, hidden, seed=steps + 2, ragged=ragged)
     for a, b in zip(*(_gru_or_rnn_trained("GRU", x, w_ih, bias, h0, w_hh, mask, lib) for lib in (None, compiled))):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+
+
+@needs_compiled
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN-tanh"])
+def test_weight_gradients_alone_match_the_torch_form(cell, compiled_loop):
+    """Inputs and initial state without gradients (a first layer over data, as the forecasters have): the
+    loops then make no input gradient, and the weights' must not depend on it."""
+    (x, w_ih, bias, h0, c0, w_hh), mask = _layer_inputs(9, 6, 37, 45, seed=5, ragged=True)
+    results = []
+    for lib in (None, compiled):
+        weights = [p.detach().clone().requires_grad_() for p in (w_ih, bias, w_hh)]
+        if cell == "LSTM":
+            out, hn, _ = cells.lstm_layer(x, weights[0], weights[1], h0, c0, weights[2], mask, None, kernels=lib)
+        else:
+            out, hn = _gru_or_rnn(cell, x, weights[0], weights[1], h0, weights[2], mask, lib)
+        loss = (out * torch.linspace(-1, 1, h0.shape[1])).sum() + hn.square().sum()
+        results.append(torch.autograd.grad(loss, weights))
+    for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
 
 
@@ -305,7 +324,8 @@ def _load_in_a_fresh_process(env: dict, stderr: list | None = None) -> str:
 
 
 def test_without_a_working_compiler_the_torch_form_runs_and_a_broken_one_is_named(tmp_path):
-    path_without_cc = {"PATH": str(tmp_path / "empty"), "SEQMODELS_CACHE_DIR": str(tmp_path)}
+    # CC emptied too: a CC the environment names is a compiler asked for, whose failure is reported
+    path_without_cc = {"PATH": str(tmp_path / "empty"), "SEQMODELS_CACHE_DIR": str(tmp_path), "CC": ""}
     (tmp_path / "empty").mkdir()
     messages = []
     assert _load_in_a_fresh_process(path_without_cc, messages) == "False"  # no compiler at all: silent
