@@ -20,8 +20,8 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   call for the whole sequence, the recurrent products included (on Intel CPUs MKL's packed product, taken
   from the MKL inside torch; on others ``kernels.c``'s own), each thread owning a slice of the hidden
   units: no per-step dispatch and one meeting of the threads a step. The backward loop makes the
-  input's gradient too, a step at a time, and with ``kernels.c``'s product the LSTM's and RNN's weight
-  and bias gradients (MKL's one product after the loop stays on Intel, where it was measured). The LSTM
+  input's gradient too, a step at a time, and with ``kernels.c``'s product the weight and bias
+  gradients (MKL's products after the loop stay on Intel, where they were measured). The LSTM
   and the RNN multiply ``[x_t, h]`` in one product a step; the GRU's reset gate multiplies the recurrent
   product alone, so its input projection is made first (in inference a chunk of steps at a time, a call
   per chunk);

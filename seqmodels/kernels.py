@@ -239,7 +239,7 @@ class PackedGemm:
     ``cblas_sgemm_compute`` and ``mkl_set_num_threads_local``, for the compiled sequence loop."""
 
     _ROW_MAJOR, _B_MATRIX, _TRANS = 101, 162, 112
-    # The weight gradients stay one MKL product after the loop: measured on Intel (CPU-2d), where
+    # The weight gradients stay MKL's products after the loop: measured on Intel (CPU-2d), where
     # summing them in the loop (CompiledGemm's) has not been
     sums_weight_grads = False
 
