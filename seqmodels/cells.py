@@ -261,7 +261,7 @@ class _RNNLayer(torch.autograd.Function):
             dh = _rnn_backward_torch(acts, _step_weight(w_hh.t(), batch, ctx.products), d_out, d_hn, mask, ctx.relu,
                                      ctx.products)
         if summed is not None:
-            d_w_ih, d_b, d_w_hh = _split_weight_grads(ctx, summed, x2d.shape[1], (1, 2, 4))
+            d_w_ih, d_b, d_w_hh = _split_sums(ctx, summed, x2d.shape[1], (1, 2, 4))
             return d_x, d_w_ih, d_b, dh, d_w_hh, None, None, None, None
         d_pre = acts.view(steps * batch, -1)
         d_x, d_w_ih, d_b, low = _grads_of_projection(ctx, d_pre, x2d, w_ih, d_x)
@@ -338,7 +338,7 @@ class _LSTMLayer(torch.autograd.Function):
             dh, dc = _lstm_backward_torch(acts, cs, tanh_cs, w_t, d_out, d_hn, d_cn, mask, ctx.products)
         d_gates = acts.view(steps * batch, -1)
         if summed is not None:
-            d_w_ih, d_b, d_w_hh = _split_weight_grads(ctx, summed, x2d.shape[1], (1, 2, 5))
+            d_w_ih, d_b, d_w_hh = _split_sums(ctx, summed, x2d.shape[1], (1, 2, 5))
         elif rows is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[5]):
             # [x_t, h_t] of every step in one buffer (_lstm_forward_compiled): [dW_ih, dW_hh] is one product
             # over it, 71 against 85 ms for the two at 512 steps
@@ -451,20 +451,16 @@ def _summed_weight_grads(ctx, rows: Tensor | None, gates: int, wanted: tuple[int
     return rows, rows.new_zeros((gates, rows.shape[2])), rows.new_zeros(gates)
 
 
-def _wanted_sums(ctx, summed, wanted: tuple[int, int]):
-    """:func:`_summed_weight_grads`' sums (a weight's and its bias's gradients) where the forward's arguments
-    numbered ``wanted`` need them, else None."""
-    if summed is None:
-        return None, None
-    return tuple(t if ctx.needs_input_grad[i] else None for t, i in zip(summed[1:], wanted))
+def _wanted(ctx, grads, numbers: tuple[int, ...]) -> tuple:
+    """``grads`` where the forward's arguments numbered ``numbers`` need a gradient, else None."""
+    return tuple(g if ctx.needs_input_grad[i] else None for g, i in zip(grads, numbers))
 
 
-def _split_weight_grads(ctx, summed, inputs: int, wanted: tuple[int, int, int]):
-    """:func:`_summed_weight_grads`' sums as the gradients of W_ih, the bias and W_hh (None where not wanted)."""
+def _split_sums(ctx, summed, inputs: int, numbers: tuple[int, int, int]) -> tuple:
+    """An LSTM's or RNN's :func:`_summed_weight_grads`, over ``[W_ih, W_hh]``, as the gradients of W_ih,
+    the bias and W_hh (the forward's arguments ``numbers``), None where not wanted."""
     _, d_w, d_b = summed
-    w_ih, b, w_hh = (ctx.needs_input_grad[i] for i in wanted)
-    return (d_w[:, :inputs].contiguous() if w_ih else None, d_b if b else None,
-            d_w[:, inputs:].contiguous() if w_hh else None)
+    return _wanted(ctx, (d_w[:, :inputs].contiguous(), d_b, d_w[:, inputs:].contiguous()), numbers)
 
 
 def _mask_bytes(mask: Tensor | None) -> Tensor | None:
@@ -553,9 +549,9 @@ class _GRULayer(torch.autograd.Function):
         else:
             w_t = _step_weight(w_hh.t(), batch, ctx.products)
             dh = _gru_backward_torch(acts, hns, hs, d_hp, w_t, d_out, d_hn_final, mask, ctx.products)
-        if ctx.gemm is not None and ctx.gemm.sums_weight_grads:  # the loop made them all
-            d_w_ih, d_b_ih = _wanted_sums(ctx, summed_ih, (1, 2))
-            d_w_hh, d_b_hh = _wanted_sums(ctx, summed_hh, (4, 5))
+        if summed_ih is not None or summed_hh is not None:  # the loop made them all
+            d_w_ih, d_b_ih = (None, None) if summed_ih is None else _wanted(ctx, summed_ih[1:], (1, 2))
+            d_w_hh, d_b_hh = (None, None) if summed_hh is None else _wanted(ctx, summed_hh[1:], (4, 5))
             return d_x, d_w_ih, d_b_ih, dh, d_w_hh, d_b_hh if ctx.has_b_hh else None, None, None, None
         d_x, d_w_ih, d_b_ih, _ = _grads_of_projection(ctx, acts.view(steps * batch, -1), x2d, w_ih, d_x)
         flat_d_hp = d_hp.view(steps * batch, -1)

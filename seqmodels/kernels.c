@@ -386,33 +386,38 @@ void sgemm_pack(int64_t n, int64_t k, const float *b, float *packed) {
                 packed[j0 * k + kk * GEMM_NR + j] = j0 + j < n ? b[(j0 + j) * k + kk] : 0.0f;
 }
 
-static inline __attribute__((always_inline)) void gemm_tile(const int mr, int64_t K, const float *restrict a,
-        int64_t lda, const float *restrict panel, float *restrict c, int64_t ldc, int64_t cols) {
+/* One tile of C (mr rows, ldc apart; `vecs` vectors' worth of columns, `cols` of them C's) = A B over K,
+   plus C where `accumulate`, its accumulators in registers while K streams through: A's element (i, k) at
+   a[i * a_row + k * a_k], B's row k at b + k * ldb. The product below reads A by rows and B packed; the
+   weight gradients read A (the step's gradients) by columns and B (the step's inputs) as it lies. */
+static inline __attribute__((always_inline)) void gemm_tile(const int mr, const int vecs, const int accumulate,
+        int64_t K, const float *restrict a, int64_t a_row, int64_t a_k, const float *restrict b, int64_t ldb,
+        float *restrict c, int64_t ldc, int64_t cols) {
     gemm_vec acc[GEMM_MR][2];
-    for (int i = 0; i < mr; i++) acc[i][0] = acc[i][1] = (gemm_vec){0};
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < vecs; v++)
+            acc[i][v] = accumulate ? *(const gemm_vec *)(c + i * ldc + v * GEMM_W) : (gemm_vec){0};
     for (int64_t k = 0; k < K; k++) {
-        const gemm_vec b0 = *(const gemm_vec *)(panel + k * GEMM_NR);
-        const gemm_vec b1 = *(const gemm_vec *)(panel + k * GEMM_NR + GEMM_W);
+        gemm_vec bv[2];
+        for (int v = 0; v < vecs; v++) bv[v] = *(const gemm_vec *)(b + k * ldb + v * GEMM_W);
         for (int i = 0; i < mr; i++) {
-            const float s = a[i * lda + k];
-            acc[i][0] += s * b0;
-            acc[i][1] += s * b1;
+            const float s = a[i * a_row + k * a_k];
+            for (int v = 0; v < vecs; v++) acc[i][v] += s * bv[v];
         }
     }
-    for (int i = 0; i < mr; i++) {
-        if (cols == GEMM_NR) {
-            *(gemm_vec *)(c + i * ldc) = acc[i][0];
-            *(gemm_vec *)(c + i * ldc + GEMM_W) = acc[i][1];
+    for (int i = 0; i < mr; i++) {  /* the tile's mr <= GEMM_MR rows, stored as vectors */
+        if (cols == vecs * GEMM_W) {
+            for (int v = 0; v < vecs; v++) *(gemm_vec *)(c + i * ldc + v * GEMM_W) = acc[i][v];
         } else {  /* the last panel's padding columns are not C's */
             float row[GEMM_NR];
-            *(gemm_vec *)row = acc[i][0];
-            *(gemm_vec *)(row + GEMM_W) = acc[i][1];
+            for (int v = 0; v < vecs; v++) *(gemm_vec *)(row + v * GEMM_W) = acc[i][v];
             memcpy(c + i * ldc, row, (size_t)cols * sizeof(float));
         }
     }
 }
 
-#define GEMM_ROWS(r) case r: gemm_tile(r, K, a + i * lda, lda, panel, c + i * ldc + j, ldc, cols); break;
+#define GEMM_ROWS(r) \
+    case r: gemm_tile(r, 2, 0, K, a + i * lda, lda, 1, panel, GEMM_NR, c + i * ldc + j, ldc, cols); break;
 
 void sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float *a, int lda,
                    const float *b, int ldb, float beta, float *c, int ldc) {
@@ -423,7 +428,7 @@ void sgemm_compute(int layout, int transa, int transb, int m, int n, int k, cons
         const int64_t cols = n - j < GEMM_NR ? n - j : GEMM_NR;
         int64_t i = 0;
         for (; i + GEMM_MR <= m; i += GEMM_MR)
-            gemm_tile(GEMM_MR, K, a + i * lda, lda, panel, c + i * ldc + j, ldc, cols);
+            gemm_tile(GEMM_MR, 2, 0, K, a + i * lda, lda, 1, panel, GEMM_NR, c + i * ldc + j, ldc, cols);
         switch (m - i) {  /* the rows left, with their own count known to the compiler */
             GEMM_ROWS(1) GEMM_ROWS(2) GEMM_ROWS(3) GEMM_ROWS(4) GEMM_ROWS(5)
 #if GEMM_MR > 6
@@ -438,39 +443,22 @@ void sgemm_compute(int layout, int transa, int transb, int m, int n, int k, cons
    in cache (the loop's threads own disjoint rows of it): for each of `gates` blocks H apart, the rows
    u0 .. u0 + n of dw (ldw = W) get d^T x, d being those columns of the step's gradient (K x G*H, ldd)
    and x (K x W, ldx) what they multiplied, and db (when given) the columns' sums. A tile is GEMM_MR
-   rows of dw by two vectors' worth of columns (one past the last such tile, then scalars), held in
-   registers through the K = batch rows. Read where they lie, a tile's GEMM_MR columns of d are K lines
+   rows of dw by two vectors' worth of columns (one past the last such tile, then scalars): gemm_tile,
+   accumulating, through the K = batch rows. Read where they lie, a tile's GEMM_MR columns of d are K lines
    G*H floats apart (4 KB at hidden 256: all in one set of L1, evicting each other), so they are first
    copied tile by tile into `pack` (K x GEMM_MR each, K * n rounded up to GEMM_MR floats; NULL: read in
    place): on CPU-3 with AVX2 code, read in place they made the LSTM's backward pass 8% slower than one
    MKL product after the loop. */
-static inline __attribute__((always_inline)) void grad_tile(const int mr, const int vecs, int64_t K,
-        const float *restrict d, int64_t ld, const float *restrict x, int64_t ldx, float *restrict c, int64_t ldc) {
-    gemm_vec acc[GEMM_MR][2];
-    for (int i = 0; i < mr; i++)
-        for (int v = 0; v < vecs; v++) acc[i][v] = *(const gemm_vec *)(c + i * ldc + v * GEMM_W);
-    for (int64_t k = 0; k < K; k++) {
-        gemm_vec xv[2];
-        for (int v = 0; v < vecs; v++) xv[v] = *(const gemm_vec *)(x + k * ldx + v * GEMM_W);
-        for (int i = 0; i < mr; i++) {
-            const float s = d[k * ld + i];
-            for (int v = 0; v < vecs; v++) acc[i][v] += s * xv[v];
-        }
-    }
-    for (int i = 0; i < mr; i++)
-        for (int v = 0; v < vecs; v++) *(gemm_vec *)(c + i * ldc + v * GEMM_W) = acc[i][v];
-}
-
 /* The rows of a slice, GEMM_MR at a time then the rest, against `vecs` vectors' worth of columns of x */
 static inline __attribute__((always_inline)) void grad_rows(const int vecs, int64_t n, int64_t K, const float *d,
         int64_t ldd, const float *pack, const float *x, int64_t ldx, float *dw, int64_t W) {
     const int64_t ld = pack ? GEMM_MR : ldd;  /* from a tile's row k of d to its row k + 1 */
     int64_t i = 0;
     for (; i + GEMM_MR <= n; i += GEMM_MR)
-        grad_tile(GEMM_MR, vecs, K, pack ? pack + i * K : d + i, ld, x, ldx, dw + i * W, W);
+        gemm_tile(GEMM_MR, vecs, 1, K, pack ? pack + i * K : d + i, 1, ld, x, ldx, dw + i * W, W, vecs * GEMM_W);
     const float *tile = pack ? pack + i * K : d + i;
     switch (n - i) {  /* the rows left, with their own count known to the compiler */
-#define GRAD_ROWS(r) case r: grad_tile(r, vecs, K, tile, ld, x, ldx, dw + i * W, W); break;
+#define GRAD_ROWS(r) case r: gemm_tile(r, vecs, 1, K, tile, 1, ld, x, ldx, dw + i * W, W, vecs * GEMM_W); break;
         GRAD_ROWS(1) GRAD_ROWS(2) GRAD_ROWS(3) GRAD_ROWS(4) GRAD_ROWS(5)
 #if GEMM_MR > 6
         GRAD_ROWS(6) GRAD_ROWS(7)
