@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--layers", type=int, default=1)
-    parser.add_argument("--cells", nargs="+", default=["LSTM", "GRU", "RNN"])
+    parser.add_argument("--cells", nargs="+", type=str.upper, choices=["LSTM", "GRU", "RNN"], default=["LSTM", "GRU", "RNN"])
     parser.add_argument("--lengths", action="store_true", help="ragged batch (packing / masking)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

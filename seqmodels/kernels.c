@@ -508,6 +508,22 @@ int sgemm_threads_local(int threads) {
     return 0;
 }
 
+/* How the sequence loops' threads share a step. By batch rows where each thread gets at least a tile's
+   worth (GEMM_MR) and the product is ours, which takes any row count against the same packed weights:
+   each thread then runs its rows through every slice of the hidden units and needs nothing from the
+   others until the sequence ends, where split by hidden units every step ends at a barrier (each thread
+   reads the whole of h). On CPU-3 that barrier cost next to nothing while the VM ran the two threads side
+   by side and 55 us a step (+25%, 512 steps) in its frequent phases when it did not; by rows, the LSTM's
+   inference held 130 ms through both. Otherwise by hidden units: fewer rows would leave the product's
+   tiles part-empty, and MKL's packed product (Intel) is kept to the row count it was packed for. */
+static inline int split_by_rows(sgemm_compute_fn compute, int64_t B, int64_t threads) {
+    return threads > 1 && compute == sgemm_compute && B >= threads * GEMM_MR;
+}
+
+int64_t sequence_split_by_rows(void *compute_fn, int64_t B, int64_t threads) {
+    return split_by_rows((sgemm_compute_fn)compute_fn, B, threads);
+}
+
 static int64_t widest_slice(int64_t slices, const int64_t *bounds) {
     int64_t widest = 0;
     for (int64_t s = 0; s < slices; s++)
@@ -640,6 +656,9 @@ static void cell_sequence(int64_t cell, int64_t training, void *compute_fn, void
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
         float *gates = scratch + p * B * G * widest;
         const int64_t b0 = p * B / threads, b1 = (p + 1) * B / threads;
+        /* this thread's share of a step: rows r0 .. r1 of the slices from s0 on, ds apart */
+        const int by_rows = split_by_rows(compute, B, threads);
+        const int64_t r0 = by_rows ? b0 : 0, r1 = by_rows ? b1 : B, s0 = by_rows ? 0 : p, ds = by_rows ? 1 : threads;
         if (T > 0 && I > 0)
             for (int64_t b = b0; b < b1; b++) memcpy(rows + b * K, x + b * I, (size_t)I * sizeof(float));
         #pragma omp barrier
@@ -649,12 +668,12 @@ static void cell_sequence(int64_t cell, int64_t training, void *compute_fn, void
             const uint8_t *m = mask ? mask + t * B : NULL;
             if (t + 1 < T && I > 0)  /* next step's inputs, beside where this step's h goes */
                 for (int64_t b = b0; b < b1; b++) memcpy(next + b * K, x + ((t + 1) * B + b) * I, (size_t)I * sizeof(float));
-            for (int64_t s = p; s < slices; s += threads) {
+            for (int64_t s = s0; s < slices; s += ds) {
                 const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
                 const size_t bytes = (size_t)n * sizeof(float);
-                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)(G * n), (int)K, r, (int)K,
-                        packed[s], (int)(G * n), 0.0f, gates, (int)(G * n));
-                for (int64_t b = 0; b < B; b++) {
+                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)(r1 - r0), (int)(G * n), (int)K, r + r0 * K,
+                        (int)K, packed[s], (int)(G * n), 0.0f, gates, (int)(G * n));
+                for (int64_t b = r0; b < r1; b++) {
                     float *h = next + b * K + I + u0, *o_ = out + (t * B + b) * H + u0;
                     float *a = acts ? acts + (t * B + b) * G * H + u0 : NULL;
                     const int masked = m && !m[b];
@@ -670,14 +689,14 @@ static void cell_sequence(int64_t cell, int64_t training, void *compute_fn, void
                         if (masked && training)
                             memset(rn, 0, bytes);
                         else if (!masked && training)
-                            gru_training_slice_row(n, H, a, gates + b * 3 * n, bias + u0, hp, h, o_, rn);
+                            gru_training_slice_row(n, H, a, gates + (b - r0) * 3 * n, bias + u0, hp, h, o_, rn);
                         else if (!masked)
-                            gru_slice_row(n, H, a, gates + b * 3 * n, bias + u0, hp, h, o_);
+                            gru_slice_row(n, H, a, gates + (b - r0) * 3 * n, bias + u0, hp, h, o_);
                         continue;
                     }
                     if (cell != CELL_LSTM) {
                         if (!masked)
-                            rnn_sequence_row(n, cell == CELL_RNN_RELU, gates + b * n, bias + u0, h, o_, a);
+                            rnn_sequence_row(n, cell == CELL_RNN_RELU, gates + (b - r0) * n, bias + u0, h, o_, a);
                         continue;
                     }
                     float *cp = c + (training ? t * B * H : 0) + b * H + u0;
@@ -688,14 +707,16 @@ static void cell_sequence(int64_t cell, int64_t training, void *compute_fn, void
                             memset(tanh_c + (t * B + b) * H + u0, 0, bytes);
                         }
                     } else if (training) {
-                        sequence_training_row(n, H, gates + b * 4 * n, bias + u0, cp, cn,
+                        sequence_training_row(n, H, gates + (b - r0) * 4 * n, bias + u0, cp, cn,
                                               tanh_c + (t * B + b) * H + u0, a, h, o_);
                     } else {
-                        sequence_row(n, H, gates + b * 4 * n, bias + u0, cn, h, o_);
+                        sequence_row(n, H, gates + (b - r0) * 4 * n, bias + u0, cn, h, o_);
                     }
                 }
             }
-            #pragma omp barrier
+            if (!by_rows) {  /* the next step's product reads every slice's h */
+                #pragma omp barrier
+            }
         }
         if (threads > 1)
             mkl_threads_local(previous);
@@ -743,6 +764,15 @@ void rnn_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
    RNN's [W_ih, W_hh] and bias gradients, summed here from w_rows, the forward's [x_t, h_t] buffers
    (T + 1, B, W = I + H), each thread its slices' rows (accumulate_weight_grad); for a GRU W_ih's from
    w_rows = x (T, B, I), and dw_rec, db_rec (or NULL) W_hh's and b_hh's from d_rec and hs. */
+/* to[i] += the `others` arrays' [i] (the first at `from`, `stride` apart), for this thread's share of i */
+static void add_shares(float *to, int64_t n, const float *from, int64_t stride, int64_t others, int64_t p,
+                       int64_t threads) {
+    if (to == NULL)
+        return;
+    for (int64_t q = 0; q < others; q++)
+        for (int64_t i = p * n / threads; i < (p + 1) * n / threads; i++) to[i] += from[q * stride + i];
+}
+
 static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
                                    int64_t B, int64_t H, const float *const *packed, const int64_t *bounds,
                                    float *acts, const float *cs, const float *tanh_c, const float *d_out, float *dc,
@@ -753,19 +783,32 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
     const int64_t G = cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1;
+    /* Split by batch rows, every thread adds its rows' share to all of each weight gradient: past the
+       first, each in sums of its own (dw's then db's, dw_rec's then db_rec's), added in at the end */
+    const int64_t w_size = dw ? G * H * W : 0, rec_size = dw_rec ? G * H * H : 0;
+    const int64_t own_size = (dw ? w_size + G * H : 0) + (dw_rec ? rec_size + G * H : 0);
+    float *own = own_size && split_by_rows(compute, B, slices)
+        ? calloc((size_t)((slices - 1) * own_size), sizeof(float)) : NULL;
     #pragma omp parallel num_threads(slices)
     {
         const int64_t p = thread_number(), threads = team_size();
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
         const int64_t widest = widest_slice(slices, bounds);
+        const int by_rows = split_by_rows(compute, B, threads) && (own_size == 0 || own != NULL);
+        const int64_t r0 = by_rows ? p * B / threads : 0, r1 = by_rows ? (p + 1) * B / threads : B;
+        const int64_t s0 = by_rows ? 0 : p, ds = by_rows ? 1 : threads;
+        float *sums = by_rows && p > 0 ? own + (p - 1) * own_size : NULL;
+        float *my_dw = sums ? (dw ? sums : NULL) : dw, *my_db = sums ? (dw && db ? sums + w_size : NULL) : db;
+        float *my_dw_rec = sums ? (dw_rec ? sums + (dw ? w_size + G * H : 0) : NULL) : dw_rec;
+        float *my_db_rec = sums ? (dw_rec && db_rec ? my_dw_rec + rec_size : NULL) : db_rec;
         /* where the weight gradient's tiles are copied to (NULL: read in place, slower, still right) */
         float *pack = dw || dw_rec ? malloc((size_t)(B * (widest + GEMM_MR)) * sizeof(float)) : NULL;
         for (int64_t t = T - 1; t >= 0; t--) {
             float *a_t = acts + t * B * G * H;
             const uint8_t *m = mask ? mask + t * B : NULL;
-            for (int64_t s = p; s < slices; s += threads) {
+            for (int64_t s = s0; s < slices; s += ds) {
                 const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
-                for (int64_t b = 0; b < B; b++) {
+                for (int64_t b = r0; b < r1; b++) {
                     float *restrict a = a_t + b * G * H + u0, *restrict cr = carry + b * H + u0;
                     const float *restrict dr = dh + b * H + u0;
                     const int64_t row = (t * B + b) * H + u0;
@@ -787,29 +830,46 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
                             for (int64_t j = 0; j < n; j++) { float d = dr[j] + cr[j] + dout[j]; a[j] = d * (1.0f - a[j] * a[j]); cr[j] = 0.0f; }
                     }
                 }
-                if (dw)  /* this slice's rows of [dW_ih, dW_hh] from [x_t, h_{t-1}] (a GRU's dW_ih from x_t), db's */
-                    accumulate_weight_grad(G, H, u0, n, B, a_t, G * H, w_rows + t * B * W, W, W, dw, db, pack);
+                /* rows r0 .. r1's share of this slice's rows of [dW_ih, dW_hh] from [x_t, h_{t-1}] (a GRU's
+                   dW_ih from x_t), db's */
+                const int64_t k_rows = r1 - r0, at = t * B + r0;
+                if (dw)
+                    accumulate_weight_grad(G, H, u0, n, k_rows, a_t + r0 * G * H, G * H, w_rows + at * W, W, W, my_dw,
+                                           my_db, pack);
                 if (dw_rec)  /* a GRU's dW_hh and db_hh, from its recurrent products' gradient and h_{t-1} */
-                    accumulate_weight_grad(G, H, u0, n, B, d_rec + t * B * G * H, G * H, hs + t * B * H, H, H, dw_rec,
-                                           db_rec, pack);
+                    accumulate_weight_grad(G, H, u0, n, k_rows, d_rec + at * G * H, G * H, hs + at * H, H, H, my_dw_rec,
+                                           my_db_rec, pack);
             }
-            #pragma omp barrier
-            for (int64_t s = p; s < slices; s += threads) {
+            if (!by_rows) {  /* the products below read every slice's gradients */
+                #pragma omp barrier
+            }
+            for (int64_t s = s0; s < slices; s += ds) {
                 const int64_t u0 = bounds[s], n = bounds[s + 1] - u0;
                 /* the recurrent product's gradient: the pre-activations' (LSTM, RNN), the GRU's own */
-                const float *d_products = cell == CELL_GRU ? d_rec + t * B * G * H : a_t;
-                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)n, (int)(G * H), d_products,
-                        (int)(G * H), packed[s], (int)n, 0.0f, dh + u0, (int)H);
-                if (dx && in_bounds[s + 1] > in_bounds[s])  /* the input's gradient, this slice's columns */
-                    compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)B, (int)(in_bounds[s + 1] - in_bounds[s]),
-                            (int)(G * H), a_t, (int)(G * H), packed_in[s], (int)(in_bounds[s + 1] - in_bounds[s]), 0.0f,
-                            dx + t * B * I + in_bounds[s], (int)I);
+                const float *d_products = (cell == CELL_GRU ? d_rec + t * B * G * H : a_t) + r0 * G * H;
+                compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)(r1 - r0), (int)n, (int)(G * H), d_products,
+                        (int)(G * H), packed[s], (int)n, 0.0f, dh + r0 * H + u0, (int)H);
+                const int64_t i0 = in_bounds ? in_bounds[s] : 0, columns = in_bounds ? in_bounds[s + 1] - i0 : 0;
+                if (dx && columns > 0)  /* the input's gradient, this slice's columns */
+                    compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)(r1 - r0), (int)columns, (int)(G * H),
+                            a_t + r0 * G * H, (int)(G * H), packed_in[s], (int)columns, 0.0f,
+                            dx + (t * B + r0) * I + i0, (int)I);
             }
         }
         free(pack);
+        if (by_rows && own_size) {  /* the other threads' sums added in, a share of the elements each */
+            #pragma omp barrier
+            const int64_t others = threads - 1;
+            add_shares(dw, w_size, own, own_size, others, p, threads);
+            add_shares(db, dw ? G * H : 0, own + w_size, own_size, others, p, threads);
+            add_shares(dw_rec, rec_size, own + (dw ? w_size + G * H : 0), own_size, others, p, threads);
+            add_shares(db_rec, dw_rec ? G * H : 0, own + (dw ? w_size + G * H : 0) + rec_size, own_size, others, p,
+                       threads);
+        }
         if (threads > 1)
             mkl_threads_local(previous);
     }
+    free(own);
 }
 
 void lstm_backward_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T, int64_t B, int64_t H,

@@ -60,6 +60,7 @@ _SIGNATURES = {
     "kernels_openmp": [],
     "sgemm_panel_width": [],
     "sgemm_pack": [_i64, _i64, _ptr, _ptr],
+    "sequence_split_by_rows": [_ptr, _i64, _i64],
 }
 _WORDS_SIGNATURES = {
     "table_new": [],
@@ -72,8 +73,8 @@ _WORDS_SIGNATURES = {
     "table_count": [_ptr, _ptr, _i64, _ptr, _ptr],
 }
 # the functions that return something (the others return nothing)
-_RESULTS = {"kernels_openmp": _i64, "sgemm_panel_width": _i64, "table_new": _ptr, "table_put": _i64, "table_size": _i64,
-            "table_bytes": _i64, "table_encode": _i64, "table_count": _i64}
+_RESULTS = {"kernels_openmp": _i64, "sgemm_panel_width": _i64, "sequence_split_by_rows": _i64, "table_new": _ptr,
+            "table_put": _i64, "table_size": _i64, "table_bytes": _i64, "table_encode": _i64, "table_count": _i64}
 
 
 def _compiler() -> str | None:

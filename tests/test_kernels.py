@@ -190,10 +190,15 @@ def test_compiled_step_keeps_nan_and_infinity():
 
 @needs_sequence_loop
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_the_whole_sequence_loop_matches_torch_with_any_thread_count(threads):
-    """Its threads split the hidden units: more threads than slices, fewer, or one, give the same numbers
-    as torch's own LSTM and GRU in inference and as the torch form in training (gradients included),
-    ragged batches included, and an empty sequence in inference."""
+@pytest.mark.parametrize("batch", [9, 29])
+def test_the_whole_sequence_loop_matches_torch_with_any_thread_count(threads, batch):
+    """Its threads split the hidden units, or with kernels.c's product and 29 rows the batch (14 and 15
+    rows, or 9, 10 and 10, each thread then summing the weight gradients of its own): more threads than
+    slices, fewer, or one, give the same numbers as torch's own LSTM and GRU in inference and as the
+    torch form in training (gradients included), ragged batches included, and an empty sequence in
+    inference."""
+    if isinstance(product, kernels.CompiledGemm):  # both ways of sharing a step are what this runs
+        assert compiled.sequence_split_by_rows(product.compute, batch, threads) == (batch == 29 and threads > 1)
     gen = torch.Generator().manual_seed(threads)
     lstm = torch.nn.LSTM(6, 40)
     w_ih, w_hh = lstm.weight_ih_l0.detach(), lstm.weight_hh_l0.detach()
@@ -202,9 +207,9 @@ def test_the_whole_sequence_loop_matches_torch_with_any_thread_count(threads):
     torch.set_num_threads(threads)
     try:
         for steps in (0, 1, 33):
-            x = torch.randn(steps, 9, 6, generator=gen)
-            h0, c0 = torch.randn(9, 40, generator=gen), torch.randn(9, 40, generator=gen)
-            lengths = torch.randint(0, steps + 1, (9,), generator=gen)
+            x = torch.randn(steps, batch, 6, generator=gen)
+            h0, c0 = torch.randn(batch, 40, generator=gen), torch.randn(batch, 40, generator=gen)
+            lengths = torch.randint(0, steps + 1, (batch,), generator=gen)
             mask = (torch.arange(steps)[:, None] < lengths[None, :]).unsqueeze(-1)
             with torch.no_grad():
                 out, hn, cn = cells.lstm_layer(x, w_ih, bias, h0, c0, w_hh, None, kernels=compiled)
@@ -213,7 +218,7 @@ def test_the_whole_sequence_loop_matches_torch_with_any_thread_count(threads):
                     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
                     torch.testing.assert_close((hn, cn), (h_ref[0], c_ref[0]), rtol=1e-5, atol=1e-5)
                 else:
-                    assert out.shape == (0, 9, 40) and torch.equal(hn, h0) and torch.equal(cn, c0)
+                    assert out.shape == (0, batch, 40) and torch.equal(hn, h0) and torch.equal(cn, c0)
                 ragged, h_r, c_r = cells.lstm_layer(x, w_ih, bias, h0, c0, w_hh, mask, kernels=None)
                 got = cells.lstm_layer(x, w_ih, bias, h0, c0, w_hh, mask, kernels=compiled)
                 torch.testing.assert_close(got, (ragged, h_r, c_r), rtol=1e-5, atol=1e-5)
@@ -405,7 +410,8 @@ def test_every_gate_loop_is_vectorised_for_avx2_and_avx512(cpu, tmp_path):
     scalar = {int(m) for m in re.findall(r"kernels\.c:(\d+):\d+: missed: couldn't vectorize loop", done.stderr)}
     assert scalar, "gcc reported nothing: the check would pass vacuously"
     # gcc names an outer loop by its body's first line; loops over batch rows, time steps, a thread's
-    # slices of the hidden units and a row's gates hold gate loops (or memsets), they are not ones themselves;
-    # the product's loops over panels, tiles and k hold vector code written as such
-    outer = ("b < B", "b < b1", "t < T", "t >= 0", "s < slices", "k < G", "GEMM_NR", "GEMM_MR", "k < K", "kk < k")
+    # slices of the hidden units, a row's gates and the other threads' sums hold gate loops (or memsets, or
+    # sums), they are not ones themselves; the product's loops over panels, tiles and k hold vector code
+    # written as such
+    outer = ("b < B", "b < b1", "b < r1", "q < others", "t < T", "t >= 0", "s < slices", "k < G", "GEMM_NR", "GEMM_MR", "k < K", "kk < k")
     assert [n for n in sorted(scalar) if not any(o in lines[n - 1] + lines[n - 2] for o in outer)] == []
