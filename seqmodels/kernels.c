@@ -319,9 +319,10 @@ void rnn_backward_step(int64_t B, int64_t H, int64_t relu, float *gates, const f
    LSTM's inference 1.2-1.4x slower than torch.nn.LSTM on an Intel CPU. Here the whole sequence is one
    call and one parallel region: each thread owns a slice of the hidden units, multiplies [x_t, h_{t-1}]
    by its slice of the packed weight with MKL's packed GEMM (from the MKL inside torch; kernels.py
-   passes its address, on Intel CPUs only, where MKL is fast), applies its slice's gates, and meets the
-   others once a step, at the barrier before h_t is read. The weight slice stays in the thread's own
-   cache, and [x_t, h] lives in two small alternating buffers. */
+   passes its address, on Intel CPUs only, where MKL is fast) or the product below, applies its slice's
+   gates, and meets the others once a step, at the barrier before h_t is read; or, with enough batch rows
+   and the product below, owns rows of the batch instead and meets no one (split_by_rows). [x_t, h] lives
+   in two small alternating buffers. */
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -512,10 +513,10 @@ int sgemm_threads_local(int threads) {
    worth (GEMM_MR) and the product is ours, which takes any row count against the same packed weights:
    each thread then runs its rows through every slice of the hidden units and needs nothing from the
    others until the sequence ends, where split by hidden units every step ends at a barrier (each thread
-   reads the whole of h). On CPU-3 that barrier cost next to nothing while the VM ran the two threads side
-   by side and 55 us a step (+25%, 512 steps) in its frequent phases when it did not; by rows, the LSTM's
-   inference held 130 ms through both. Otherwise by hidden units: fewer rows would leave the product's
-   tiles part-empty, and MKL's packed product (Intel) is kept to the row count it was packed for. */
+   reads the whole of h). On CPU-3 that barrier and exchange cost a fixed ~55 us a step (+25% at 512 steps)
+   in the VM's frequent slow phases, which never slowed a thread alone; by rows, the LSTM's inference held
+   130 ms in both kinds of phase. Otherwise by hidden units: fewer rows would leave the product's tiles
+   part-empty, and MKL's packed product (Intel) is kept to the row count it was packed for. */
 static inline int split_by_rows(sgemm_compute_fn compute, int64_t B, int64_t threads) {
     return threads > 1 && compute == sgemm_compute && B >= threads * GEMM_MR;
 }
@@ -746,24 +747,6 @@ void rnn_sequence(void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
                   rows, packed, bounds, bias, NULL, NULL, acts, NULL, out, mask, scratch);
 }
 
-/* The backward pass of cell_sequence's training forward, from the last step to the first, the recurrent
-   products included; each thread takes the same slices of the hidden units as forward. A step: every
-   slice's gate gradients from the gradient reaching its units' h_t (as lstm_backward_step and
-   rnn_backward_step, gru_backward_step), the threads meet, then each slice's share of the gradient
-   reaching h_{t-1}, (B x G H) @ W_hh[:, slice] (a GRU's d_rec, its recurrent products' gradient, in
-   place of the pre-activations'; rec_n and hs as its forward left them). packed[s]: those columns of W_hh, packed by cblas_sgemm_pack as the B
-   operand. acts: what the forward kept, overwritten with the pre-activations' gradients; an LSTM's cs
-   (T + 1, B, H) and tanh_c (T, B, H) as it left them. d_out: (T, B, H). An LSTM's dc: (B, H), d_cn on
-   entry, the gradient reaching c0 on exit. dh: (B, H), d_hn on entry, on exit the gradient reaching h0
-   through the products; carry: (B, H), zeros on entry, on exit what reaches h0 past masked steps. mask:
-   (T, B) bytes or NULL. dx: (T, B, I), the input's gradient, (B x G H) @ W_ih a step with the
-   input-side pre-activations' gradient, each thread its slice of the I columns (in_bounds; packed_in[s]:
-   those columns of W_ih, packed as the B operand), or NULL. Made here rather than as one product after
-   the loop, with those gradients still in cache: CPU-3's LSTM training step at 128 steps, minimum of 12,
-   126.9-138.2 ms against 135.2-148.3. dw (G H, W) and db (G H), zeros on entry (or NULL): the LSTM's and
-   RNN's [W_ih, W_hh] and bias gradients, summed here from w_rows, the forward's [x_t, h_t] buffers
-   (T + 1, B, W = I + H), each thread its slices' rows (accumulate_weight_grad); for a GRU W_ih's from
-   w_rows = x (T, B, I), and dw_rec, db_rec (or NULL) W_hh's and b_hh's from d_rec and hs. */
 /* to[i] += the `others` arrays' [i] (the first at `from`, `stride` apart), for this thread's share of i */
 static void add_shares(float *to, int64_t n, const float *from, int64_t stride, int64_t others, int64_t p,
                        int64_t threads) {
@@ -773,6 +756,25 @@ static void add_shares(float *to, int64_t n, const float *from, int64_t stride, 
         for (int64_t i = p * n / threads; i < (p + 1) * n / threads; i++) to[i] += from[q * stride + i];
 }
 
+/* The backward pass of cell_sequence's training forward, from the last step to the first, the recurrent
+   products included; the threads share a step as forward does (split_by_rows). A step: every slice's
+   gate gradients from the gradient reaching its units' h_t (as lstm_backward_step and
+   rnn_backward_step, gru_backward_step), the threads meet (split by hidden units), then each slice's
+   share of the gradient reaching h_{t-1}, (B x G H) @ W_hh[:, slice] (a GRU's d_rec, its recurrent
+   products' gradient, in place of the pre-activations'; rec_n and hs as its forward left them). packed[s]: those columns of W_hh, packed by cblas_sgemm_pack as the B
+   operand. acts: what the forward kept, overwritten with the pre-activations' gradients; an LSTM's cs
+   (T + 1, B, H) and tanh_c (T, B, H) as it left them. d_out: (T, B, H). An LSTM's dc: (B, H), d_cn on
+   entry, the gradient reaching c0 on exit. dh: (B, H), d_hn on entry, on exit the gradient reaching h0
+   through the products; carry: (B, H), zeros on entry, on exit what reaches h0 past masked steps. mask:
+   (T, B) bytes or NULL. dx: (T, B, I), the input's gradient, (B x G H) @ W_ih a step with the
+   input-side pre-activations' gradient, in slices of the I columns (in_bounds; packed_in[s]:
+   those columns of W_ih, packed as the B operand), or NULL. Made here rather than as one product after
+   the loop, with those gradients still in cache: CPU-3's LSTM training step at 128 steps, minimum of 12,
+   126.9-138.2 ms against 135.2-148.3. dw (G H, W) and db (G H), zeros on entry (or NULL): the LSTM's and
+   RNN's [W_ih, W_hh] and bias gradients, summed here from w_rows, the forward's [x_t, h_t] buffers
+   (T + 1, B, W = I + H), each thread its slices' rows, or its batch rows' share of them all
+   (accumulate_weight_grad); for a GRU W_ih's from w_rows = x (T, B, I), and dw_rec, db_rec (or NULL)
+   W_hh's and b_hh's from d_rec and hs. */
 static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads_fn, int64_t slices, int64_t T,
                                    int64_t B, int64_t H, const float *const *packed, const int64_t *bounds,
                                    float *acts, const float *cs, const float *tanh_c, const float *d_out, float *dc,
@@ -783,10 +785,12 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
     sgemm_compute_fn compute = (sgemm_compute_fn)compute_fn;
     mkl_threads_fn mkl_threads_local = (mkl_threads_fn)threads_fn;
     const int64_t G = cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1;
-    /* Split by batch rows, every thread adds its rows' share to all of each weight gradient: past the
-       first, each in sums of its own (dw's then db's, dw_rec's then db_rec's), added in at the end */
+    /* Split by batch rows, each thread adds its rows' share to the whole of each weight gradient: the first
+       thread to dw's and the others' own, each other thread to sums of its own (own_size floats: dw's, db's,
+       dw_rec's, db_rec's, at these offsets), added in at the end */
     const int64_t w_size = dw ? G * H * W : 0, rec_size = dw_rec ? G * H * H : 0;
-    const int64_t own_size = (dw ? w_size + G * H : 0) + (dw_rec ? rec_size + G * H : 0);
+    const int64_t db_at = w_size, rec_at = dw ? w_size + G * H : 0, db_rec_at = rec_at + rec_size;
+    const int64_t own_size = dw_rec ? db_rec_at + G * H : rec_at;
     float *own = own_size && split_by_rows(compute, B, slices)
         ? calloc((size_t)((slices - 1) * own_size), sizeof(float)) : NULL;
     #pragma omp parallel num_threads(slices)
@@ -797,10 +801,10 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
         const int by_rows = split_by_rows(compute, B, threads) && (own_size == 0 || own != NULL);
         const int64_t r0 = by_rows ? p * B / threads : 0, r1 = by_rows ? (p + 1) * B / threads : B;
         const int64_t s0 = by_rows ? 0 : p, ds = by_rows ? 1 : threads;
-        float *sums = by_rows && p > 0 ? own + (p - 1) * own_size : NULL;
-        float *my_dw = sums ? (dw ? sums : NULL) : dw, *my_db = sums ? (dw && db ? sums + w_size : NULL) : db;
-        float *my_dw_rec = sums ? (dw_rec ? sums + (dw ? w_size + G * H : 0) : NULL) : dw_rec;
-        float *my_db_rec = sums ? (dw_rec && db_rec ? my_dw_rec + rec_size : NULL) : db_rec;
+        float *sums = by_rows && p > 0 ? own + (p - 1) * own_size : NULL;  /* NULL: adds to dw's own */
+        float *my_dw = sums && dw ? sums : dw, *my_db = sums && db ? sums + db_at : db;
+        float *my_dw_rec = sums && dw_rec ? sums + rec_at : dw_rec;
+        float *my_db_rec = sums && db_rec ? sums + db_rec_at : db_rec;
         /* where the weight gradient's tiles are copied to (NULL: read in place, slower, still right) */
         float *pack = dw || dw_rec ? malloc((size_t)(B * (widest + GEMM_MR)) * sizeof(float)) : NULL;
         for (int64_t t = T - 1; t >= 0; t--) {
@@ -861,10 +865,9 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
             #pragma omp barrier
             const int64_t others = threads - 1;
             add_shares(dw, w_size, own, own_size, others, p, threads);
-            add_shares(db, dw ? G * H : 0, own + w_size, own_size, others, p, threads);
-            add_shares(dw_rec, rec_size, own + (dw ? w_size + G * H : 0), own_size, others, p, threads);
-            add_shares(db_rec, dw_rec ? G * H : 0, own + (dw ? w_size + G * H : 0) + rec_size, own_size, others, p,
-                       threads);
+            add_shares(dw ? db : NULL, G * H, own + db_at, own_size, others, p, threads);
+            add_shares(dw_rec, rec_size, own + rec_at, own_size, others, p, threads);
+            add_shares(dw_rec ? db_rec : NULL, G * H, own + db_rec_at, own_size, others, p, threads);
         }
         if (threads > 1)
             mkl_threads_local(previous);
