@@ -18,13 +18,14 @@ Every cell is split the same way, which is what makes the loop fast on a CPU:
   below stays the reference and the fallback, and the two agree to float32 rounding;
 * on an x86-64 CPU every cell's forward pass (training and inference) and backward pass is one compiled
   call for the whole sequence, the recurrent products included (on Intel CPUs MKL's packed product, taken
-  from the MKL inside torch; on others ``kernels.c``'s own), each thread owning a slice of the hidden
-  units: no per-step dispatch and one meeting of the threads a step. The backward loop makes the
-  input's gradient too, a step at a time, and with ``kernels.c``'s product the weight and bias
-  gradients (MKL's products after the loop stay on Intel, where they were measured). The LSTM
-  and the RNN multiply ``[x_t, h]`` in one product a step; the GRU's reset gate multiplies the recurrent
-  product alone, so its input projection is made first (in inference a chunk of steps at a time, a call
-  per chunk);
+  from the MKL inside torch; on others ``kernels.c``'s own), no per-step dispatch: each thread owns a
+  slice of the hidden units and the threads meet once a step, or, with ``kernels.c``'s product and a tile's
+  worth of batch rows a thread (8 with AVX-512 code, 6 with AVX2), owns rows of the batch and meets the
+  others only at the end. The backward loop makes the input's gradient too, a step at a time, and with
+  ``kernels.c``'s product the weight and bias gradients (MKL's products after the loop stay on Intel,
+  where they were measured). The LSTM and the RNN multiply ``[x_t, h]`` in one product a step; the
+  GRU's reset gate multiplies the recurrent product alone, so its input projection is made first (in
+  inference a chunk of steps at a time, a call per chunk);
 * in training under bf16 autocast (``--trainer.precision bf16-mixed``), on a CPU with native bf16
   arithmetic, the matrix products take bfloat16 inputs (``products``); everything else, the gate
   arithmetic and the cell state above all, stays in float32, and so does evaluation, whose
@@ -796,9 +797,10 @@ def _lstm_inference_compiled(kernels, x, w_ih, bias, h0, c0, w_hh, mask):
 
 class _Slices:
     """``size`` units (hidden units; in the backward loop also the input's columns) split in ``count``
-    about equal slices, one a thread of the compiled sequence loops, with each slice's share of a weight
-    packed for the loops' product: ``rows_of(u0, u1)`` gives the slice's rows (n, k) of the B operand of
-    ``(batch, k) @ operand^T``. ``count``: by default :func:`_slice_count`'s for ``size`` hidden units."""
+    about equal slices, one a thread of the compiled sequence loops (when they split by batch rows, every
+    thread runs every slice), with each slice's share of a weight packed for the loops' product:
+    ``rows_of(u0, u1)`` gives the slice's rows (n, k) of the B operand of ``(batch, k) @ operand^T``.
+    ``count``: by default :func:`_slice_count`'s for ``size`` hidden units."""
 
     def __init__(self, kernels, gemm, size: int, batch: int, rows_of, count: int | None = None) -> None:
         count = count or _slice_count(kernels, size)
@@ -851,10 +853,11 @@ def _address(t: Tensor | None) -> int | None:
 def _forward_sequence(kernels, gemm, x, w_ih, bias, w_hh, mask, rows, cell, training=None):
     """A layer's whole forward sequence in one compiled call, products included (``kernels.c``,
     ``cell_sequence``), each thread with its own slice of the hidden units and the weight rows that make
-    them. ``rows``: the ``[x_t, h]`` buffers, ``rows[0, :, inputs:]`` holding h0. ``cell``: ``("lstm", c)``
-    with c the state, c0 updated in place (inference) or the states of every step (training), or
-    ``("rnn", relu)``. ``training``: None, or what the backward pass reads, to fill: ``(tanh_cs, acts)``
-    for an LSTM, ``acts`` for an RNN. Returns the outputs."""
+    them, or its own batch rows (``split_by_rows``). ``rows``: the ``[x_t, h]`` buffers,
+    ``rows[0, :, inputs:]`` holding h0. ``cell``: ``("lstm", c)`` with c the state, c0 updated in place
+    (inference) or the states of every step (training), or ``("rnn", relu)``. ``training``: None, or what
+    the backward pass reads, to fill: ``(tanh_cs, acts)`` for an LSTM, ``acts`` for an RNN. Returns the
+    outputs."""
     steps, batch, inputs = x.shape
     hidden = w_hh.shape[1]
     kind, arg = cell

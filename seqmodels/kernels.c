@@ -675,6 +675,7 @@ static void cell_sequence(int64_t cell, int64_t training, void *compute_fn, void
                 compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, (int)(r1 - r0), (int)(G * n), (int)K, r + r0 * K,
                         (int)K, packed[s], (int)(G * n), 0.0f, gates, (int)(G * n));
                 for (int64_t b = r0; b < r1; b++) {
+                    const float *g = gates + (b - r0) * G * n;  /* the row's products, from the top of `gates` */
                     float *h = next + b * K + I + u0, *o_ = out + (t * B + b) * H + u0;
                     float *a = acts ? acts + (t * B + b) * G * H + u0 : NULL;
                     const int masked = m && !m[b];
@@ -690,14 +691,14 @@ static void cell_sequence(int64_t cell, int64_t training, void *compute_fn, void
                         if (masked && training)
                             memset(rn, 0, bytes);
                         else if (!masked && training)
-                            gru_training_slice_row(n, H, a, gates + (b - r0) * 3 * n, bias + u0, hp, h, o_, rn);
+                            gru_training_slice_row(n, H, a, g, bias + u0, hp, h, o_, rn);
                         else if (!masked)
-                            gru_slice_row(n, H, a, gates + (b - r0) * 3 * n, bias + u0, hp, h, o_);
+                            gru_slice_row(n, H, a, g, bias + u0, hp, h, o_);
                         continue;
                     }
                     if (cell != CELL_LSTM) {
                         if (!masked)
-                            rnn_sequence_row(n, cell == CELL_RNN_RELU, gates + (b - r0) * n, bias + u0, h, o_, a);
+                            rnn_sequence_row(n, cell == CELL_RNN_RELU, g, bias + u0, h, o_, a);
                         continue;
                     }
                     float *cp = c + (training ? t * B * H : 0) + b * H + u0;
@@ -708,10 +709,10 @@ static void cell_sequence(int64_t cell, int64_t training, void *compute_fn, void
                             memset(tanh_c + (t * B + b) * H + u0, 0, bytes);
                         }
                     } else if (training) {
-                        sequence_training_row(n, H, gates + (b - r0) * 4 * n, bias + u0, cp, cn,
+                        sequence_training_row(n, H, g, bias + u0, cp, cn,
                                               tanh_c + (t * B + b) * H + u0, a, h, o_);
                     } else {
-                        sequence_row(n, H, gates + (b - r0) * 4 * n, bias + u0, cn, h, o_);
+                        sequence_row(n, H, g, bias + u0, cn, h, o_);
                     }
                 }
             }
@@ -791,14 +792,18 @@ static void cell_backward_sequence(int64_t cell, void *compute_fn, void *threads
     const int64_t w_size = dw ? G * H * W : 0, rec_size = dw_rec ? G * H * H : 0;
     const int64_t db_at = w_size, rec_at = dw ? w_size + G * H : 0, db_rec_at = rec_at + rec_size;
     const int64_t own_size = dw_rec ? db_rec_at + G * H : rec_at;
-    float *own = own_size && split_by_rows(compute, B, slices)
-        ? calloc((size_t)((slices - 1) * own_size), sizeof(float)) : NULL;
+    float *own = NULL;  /* the other threads' sums, allocated by one thread below */
     #pragma omp parallel num_threads(slices)
     {
         const int64_t p = thread_number(), threads = team_size();
         const int previous = threads > 1 ? mkl_threads_local(1) : 0;
         const int64_t widest = widest_slice(slices, bounds);
-        const int by_rows = split_by_rows(compute, B, threads) && (own_size == 0 || own != NULL);
+        int by_rows = split_by_rows(compute, B, threads);
+        if (by_rows && own_size) {  /* the same for every thread, so all of them meet the single */
+            #pragma omp single
+            own = calloc((size_t)((threads - 1) * own_size), sizeof(float));
+            by_rows = own != NULL;  /* none: split by hidden units, as without the memory */
+        }
         const int64_t r0 = by_rows ? p * B / threads : 0, r1 = by_rows ? (p + 1) * B / threads : B;
         const int64_t s0 = by_rows ? 0 : p, ds = by_rows ? 1 : threads;
         float *sums = by_rows && p > 0 ? own + (p - 1) * own_size : NULL;  /* NULL: adds to dw's own */
